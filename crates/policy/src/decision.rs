@@ -1,0 +1,355 @@
+//! The decision procedure (SPEC §6) and how each outcome is reported (SPEC §6.1).
+//!
+//! Two calls decide a connection: [`Policy::decide`] before any DNS lookup, and
+//! [`Policy::check_resolved`] on the addresses that are about to be dialled. A deny is data
+//! ([`Decision::Block`]), never an error.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use crate::local::is_local;
+use crate::pattern_set::{MatchKind, PatternSet};
+use crate::target::{Host, Target};
+
+/// `full` allows every method; `limited` is read-only (SPEC §6.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Mode {
+    #[default]
+    Full,
+    Limited,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Full => "full",
+            Mode::Limited => "limited",
+        }
+    }
+
+    pub fn parse(input: &str) -> Option<Mode> {
+        match input {
+            "full" => Some(Mode::Full),
+            "limited" => Some(Mode::Limited),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The entry point a request came through, as named in logs and the blocked log (SPEC §8.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Http,
+    Https,
+    HttpConnect,
+    Socks5,
+    Socks5Udp,
+    UnixSocket,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Https => "https",
+            Protocol::HttpConnect => "http-connect",
+            Protocol::Socks5 => "socks5",
+            Protocol::Socks5Udp => "socks5-udp",
+            Protocol::UnixSocket => "unix-socket",
+        }
+    }
+
+    /// Tunnels carry bytes proxyd cannot inspect, so limited mode refuses them all.
+    fn is_opaque(self) -> bool {
+        matches!(self, Protocol::HttpConnect | Protocol::Socks5 | Protocol::Socks5Udp)
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Ways a read-only method could still write (SPEC §6.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SideDoors {
+    /// `Content-Length` > 0 or any `Transfer-Encoding`.
+    pub body: bool,
+    /// An `Upgrade` header.
+    pub upgrade: bool,
+    /// `X-HTTP-Method-Override`, `X-HTTP-Method` or `X-Method-Override`.
+    pub method_override: bool,
+}
+
+impl SideDoors {
+    /// Reads the side doors from request headers (names compared case-insensitively).
+    pub fn from_headers<'a>(headers: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> SideDoors {
+        let mut doors = SideDoors::default();
+        for (name, value) in headers {
+            if name.eq_ignore_ascii_case("content-length") {
+                // Anything but a plain zero counts as a body, including unparsable values.
+                doors.body |= !(value.iter().all(|b| *b == b'0') && !value.is_empty());
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                doors.body = true;
+            } else if name.eq_ignore_ascii_case("upgrade") {
+                doors.upgrade = true;
+            } else if ["x-http-method-override", "x-http-method", "x-method-override"]
+                .iter()
+                .any(|n| name.eq_ignore_ascii_case(n))
+            {
+                doors.method_override = true;
+            }
+        }
+        doors
+    }
+
+    fn any(self) -> bool {
+        self.body || self.upgrade || self.method_override
+    }
+}
+
+/// What is being decided: one request or connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub protocol: Protocol,
+    pub target: &'a Target,
+    /// The HTTP method; `None` for SOCKS5.
+    pub method: Option<&'a str>,
+    pub mode: Mode,
+    pub side_doors: SideDoors,
+}
+
+/// Why a request was blocked (SPEC §6.1).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Reason {
+    ProxyDisabled,
+    Denied,
+    NotAllowed,
+    NotAllowedLocal,
+    MethodNotAllowed,
+    SelfConnection,
+    /// A deny from the policy decider, with its own reason.
+    Decider(Box<str>),
+}
+
+impl Reason {
+    /// The reason as logged and sent in JSON bodies.
+    pub fn code(&self) -> &str {
+        match self {
+            Reason::ProxyDisabled => "proxy_disabled",
+            Reason::Denied => "denied",
+            Reason::NotAllowed => "not_allowed",
+            Reason::NotAllowedLocal => "not_allowed_local",
+            Reason::MethodNotAllowed => "method_not_allowed",
+            Reason::SelfConnection => "self_connection",
+            Reason::Decider(reason) => reason,
+        }
+    }
+
+    /// The `x-proxy-error` header value; `None` when the block is not a policy decision.
+    pub fn x_proxy_error(&self) -> Option<&'static str> {
+        match self {
+            Reason::ProxyDisabled => None,
+            Reason::Denied => Some("blocked-by-denylist"),
+            Reason::NotAllowed | Reason::NotAllowedLocal => Some("blocked-by-allowlist"),
+            Reason::MethodNotAllowed => Some("blocked-by-method-policy"),
+            Reason::SelfConnection | Reason::Decider(_) => Some("blocked-by-policy"),
+        }
+    }
+
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Reason::ProxyDisabled => 503,
+            _ => 403,
+        }
+    }
+
+    /// The SOCKS5 reply code (RFC 1928 §6): 0x01 general failure, 0x02 not allowed by ruleset.
+    pub fn socks_reply(&self) -> u8 {
+        match self {
+            Reason::ProxyDisabled => 0x01,
+            _ => 0x02,
+        }
+    }
+
+    /// A short message for people, sent in the JSON body of a blocked response.
+    pub fn message(&self) -> &'static str {
+        match self {
+            Reason::ProxyDisabled => "Proxy is disabled.",
+            Reason::Denied => "Domain is in the denylist.",
+            Reason::NotAllowed => "Domain not in allowlist.",
+            Reason::NotAllowedLocal => "Local or private address not explicitly allowlisted.",
+            Reason::MethodNotAllowed => "Method not allowed in limited mode.",
+            Reason::SelfConnection => "Connections to the proxy itself are refused.",
+            Reason::Decider(_) => "Blocked by the policy decider.",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// A final answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    Block(Reason),
+}
+
+impl Decision {
+    pub fn is_allow(&self) -> bool {
+        matches!(self, Decision::Allow)
+    }
+
+    pub fn reason(&self) -> Option<&Reason> {
+        match self {
+            Decision::Allow => None,
+            Decision::Block(reason) => Some(reason),
+        }
+    }
+}
+
+/// The outcome of [`Policy::decide`]: final, or an allowlist miss that the policy decider
+/// (SPEC §9) may overturn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Decided(Decision),
+    /// Only step 5 (`not_allowed`) ever yields this; denylist and local blocks never do.
+    Consult(Consult),
+}
+
+/// An allowlist miss awaiting the decider. Whatever it answers, the later steps of the
+/// decision (the method policy) still apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use = "a consult must be turned into a decision"]
+pub struct Consult {
+    method_block: bool,
+}
+
+impl Consult {
+    /// The decider allowed the request: continue with the method policy.
+    pub fn allow(self) -> Decision {
+        match self.method_block {
+            true => Decision::Block(Reason::MethodNotAllowed),
+            false => Decision::Allow,
+        }
+    }
+
+    /// The decider denied the request with its own reason.
+    pub fn deny(self, reason: impl Into<Box<str>>) -> Decision {
+        Decision::Block(Reason::Decider(reason.into()))
+    }
+
+    /// There is no decider: the allowlist miss stands.
+    pub fn not_allowed(self) -> Decision {
+        Decision::Block(Reason::NotAllowed)
+    }
+}
+
+/// A compiled policy: the lists and the switches that are fixed per config.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub allowed: PatternSet,
+    pub denied: PatternSet,
+    pub allow_local_binding: bool,
+    pub enabled: bool,
+}
+
+impl Policy {
+    /// Steps 2–6 of SPEC §6, before any DNS lookup. The target was parsed (step 1) already.
+    pub fn decide(&self, request: &Request<'_>) -> Verdict {
+        let target = request.target;
+        if !self.enabled {
+            return Verdict::Decided(Decision::Block(Reason::ProxyDisabled));
+        }
+        if self.denied.matches(target).is_some() {
+            return Verdict::Decided(Decision::Block(Reason::Denied));
+        }
+        let allowed = self.allowed.matches(target);
+        if !self.allow_local_binding
+            && is_local_literal(&target.host)
+            && allowed != Some(MatchKind::Explicit)
+        {
+            return Verdict::Decided(Decision::Block(Reason::NotAllowedLocal));
+        }
+        let method_block = request.mode == Mode::Limited && method_blocked(request);
+        if allowed.is_none() {
+            return Verdict::Consult(Consult { method_block });
+        }
+        Verdict::Decided(Consult { method_block }.allow())
+    }
+
+    /// Step 7 of SPEC §6 and the dialling rules of §7.1, on the addresses about to be dialled
+    /// for `target` (the literal itself, the loopback pair for `localhost`, or the resolver's
+    /// answers). `own_listeners` are proxyd's bound addresses.
+    pub fn check_resolved(
+        &self,
+        target: &Target,
+        addrs: &[IpAddr],
+        own_listeners: &[SocketAddr],
+    ) -> Decision {
+        let port = target.port;
+        if addrs.iter().any(|ip| self.denied.contains_addr(*ip, port)) {
+            return Decision::Block(Reason::Denied);
+        }
+        if addrs.iter().any(|ip| is_own_listener(*ip, port, own_listeners)) {
+            return Decision::Block(Reason::SelfConnection);
+        }
+        if self.allow_local_binding {
+            return Decision::Allow;
+        }
+        // An explicitly allowlisted `localhost` stands for the loopback addresses only.
+        let localhost_allowed = target.host.is_localhost_name()
+            && self.allowed.matches(target) == Some(MatchKind::Explicit);
+        let blocked = addrs.iter().any(|ip| {
+            is_local(*ip)
+                && !self.allowed.contains_addr(*ip, port)
+                && !(localhost_allowed && ip.to_canonical().is_loopback())
+        });
+        match blocked {
+            true => Decision::Block(Reason::NotAllowedLocal),
+            false => Decision::Allow,
+        }
+    }
+}
+
+/// Step 6: the method policy of limited mode and its side doors.
+fn method_blocked(request: &Request<'_>) -> bool {
+    request.protocol.is_opaque()
+        || !matches!(request.method, Some("GET" | "HEAD" | "OPTIONS"))
+        || request.side_doors.any()
+}
+
+/// A local IP literal or a `localhost` name (SPEC §5.2, first rule).
+fn is_local_literal(host: &Host) -> bool {
+    match host {
+        Host::Ip(ip) => is_local(*ip),
+        Host::Name(_) => host.is_localhost_name(),
+    }
+}
+
+/// Whether dialling `ip:port` would reach one of proxyd's own listeners (SPEC §7.1). A
+/// listener on a loopback or unspecified address is reached through any loopback address, and
+/// one on an unspecified address through any local one; proxyd cannot know every public
+/// address of the machine, so those are compared literally.
+fn is_own_listener(ip: IpAddr, port: u16, own: &[SocketAddr]) -> bool {
+    let ip = ip.to_canonical();
+    let loopbackish = |ip: IpAddr| ip.is_loopback() || ip.is_unspecified();
+    own.iter().any(|listener| {
+        let lip = listener.ip().to_canonical();
+        listener.port() == port
+            && (lip == ip
+                || (loopbackish(lip) && loopbackish(ip))
+                || (lip.is_unspecified() && is_local(ip)))
+    })
+}
