@@ -1,1 +1,7 @@
+//! Table-driven tests: one `check` helper per file, one line per case.
 
+mod decide;
+mod local;
+mod patterns;
+mod props;
+mod target;

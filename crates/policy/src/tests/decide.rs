@@ -1,0 +1,292 @@
+//! SPEC §5.2 and §6: the decision procedure, its order, and the resolved-address check.
+
+use std::net::{IpAddr, SocketAddr};
+
+use crate::decision::{Decision, Mode, Policy, Protocol, Reason, Request, SideDoors, Verdict};
+use crate::pattern::ListKind;
+use crate::pattern_set::PatternSet;
+use crate::target::Target;
+
+const ALLOWED: &[&str] = &[
+    "example.com",
+    "*.example.org",
+    "**.example.net",
+    "api-*.example.io",
+    "localhost",
+    "127.0.0.1:8000",
+    "10.0.0.0/8",
+    "::1",
+    "both.example.com",
+    "*.wild.example",
+];
+const DENIED: &[&str] = &["evil.example.com", "both.example.com", "*.bad.example.org", "10.6.6.0/24"];
+
+fn policy(allow_local_binding: bool) -> Policy {
+    Policy {
+        allowed: PatternSet::compile(ALLOWED, ListKind::Allowed).expect("allowlist"),
+        denied: PatternSet::compile(DENIED, ListKind::Denied).expect("denylist"),
+        allow_local_binding,
+        enabled: true,
+    }
+}
+
+/// Outcome names: "allow", a reason code, or "consult" for an allowlist miss.
+fn outcome(verdict: Verdict) -> String {
+    match verdict {
+        Verdict::Decided(Decision::Allow) => "allow".into(),
+        Verdict::Decided(Decision::Block(reason)) => reason.code().into(),
+        Verdict::Consult(_) => "consult".into(),
+    }
+}
+
+fn decide_with(policy: &Policy, protocol: Protocol, method: &str, mode: Mode, target: &str) -> String {
+    let target = Target::parse_authority(target, Some(443)).expect("target parses");
+    let method = (!method.is_empty()).then_some(method);
+    let request = Request { protocol, target: &target, method, mode, side_doors: SideDoors::default() };
+    outcome(policy.decide(&request))
+}
+
+/// Full mode, `GET` over plain HTTP, local binding off.
+#[track_caller]
+fn check(target: &str, expected: &str) {
+    assert_eq!(decide_with(&policy(false), Protocol::Http, "GET", Mode::Full, target), expected, "{target}");
+}
+
+/// Local binding on.
+#[track_caller]
+fn check_lb(target: &str, expected: &str) {
+    assert_eq!(decide_with(&policy(true), Protocol::Http, "GET", Mode::Full, target), expected, "{target}");
+}
+
+/// Limited mode.
+#[track_caller]
+fn check_limited(protocol: Protocol, method: &str, target: &str, expected: &str) {
+    let got = decide_with(&policy(false), protocol, method, Mode::Limited, target);
+    assert_eq!(got, expected, "{protocol} {method} {target}");
+}
+
+#[test]
+fn allowlist_and_denylist() {
+    check("example.com", "allow");
+    check("www.example.com", "consult");
+    check("evilexample.com", "consult");
+    check("example.com.evil.com", "consult");
+    check("a.example.org", "allow");
+    check("example.org", "consult");
+    check("example.net", "allow");
+    check("a.b.example.net", "allow");
+    check("api-v2.example.io", "allow");
+    check("api-v2.x.example.io", "consult");
+    check("evil.example.com", "denied");
+    check("both.example.com", "denied");
+    check("x.bad.example.org", "denied");
+    check("bad.example.org", "allow");
+    check("unknown.test", "consult");
+    check("10.6.6.6", "denied");
+    check("[::ffff:10.6.6.6]", "denied");
+    check("[64:ff9b::10.6.6.6]", "denied");
+}
+
+#[test]
+fn local_literals_need_an_explicit_entry() {
+    check("localhost", "allow");
+    check("localhost:8080", "allow");
+    check("a.localhost", "not_allowed_local");
+    check("127.0.0.1:8000", "allow");
+    check("127.0.0.1:8001", "not_allowed_local");
+    check("127.0.0.2:8000", "not_allowed_local");
+    check("10.1.2.3", "allow");
+    check("[::1]", "allow");
+    check("[::ffff:127.0.0.1]:8000", "allow");
+    check("[::ffff:127.0.0.1]:9000", "not_allowed_local");
+    check("192.168.1.1", "not_allowed_local");
+    check("169.254.169.254", "not_allowed_local");
+    check("[fe80::1]", "not_allowed_local");
+    check("[2002:7f00:1::]", "not_allowed_local");
+    check("0.0.0.0", "not_allowed_local");
+    check("8.8.8.8", "consult");
+    check_lb("192.168.1.1", "consult");
+    check_lb("a.localhost", "consult");
+    check_lb("10.6.6.6", "denied");
+}
+
+#[test]
+fn wildcards_never_unlock_local_literals() {
+    let star = Policy {
+        allowed: PatternSet::compile(&["*", "**.test.localhost", "*.example.com"], ListKind::Allowed)
+            .expect("allowlist"),
+        denied: PatternSet::default(),
+        allow_local_binding: false,
+        enabled: true,
+    };
+    let d = |t| decide_with(&star, Protocol::Http, "GET", Mode::Full, t);
+    assert_eq!(d("127.0.0.1"), "not_allowed_local");
+    assert_eq!(d("localhost"), "not_allowed_local");
+    assert_eq!(d("x.test.localhost"), "not_allowed_local");
+    assert_eq!(d("test.localhost"), "not_allowed_local");
+    assert_eq!(d("[::1]"), "not_allowed_local");
+    assert_eq!(d("10.0.0.1"), "not_allowed_local");
+    assert_eq!(d("8.8.8.8"), "allow");
+    assert_eq!(d("anything.test"), "allow");
+}
+
+#[test]
+fn limited_mode() {
+    use Protocol::*;
+    check_limited(Http, "GET", "example.com", "allow");
+    check_limited(Http, "HEAD", "example.com", "allow");
+    check_limited(Http, "OPTIONS", "example.com", "allow");
+    check_limited(Https, "GET", "example.com", "allow");
+    check_limited(Http, "POST", "example.com", "method_not_allowed");
+    check_limited(Http, "PUT", "example.com", "method_not_allowed");
+    check_limited(Http, "DELETE", "example.com", "method_not_allowed");
+    check_limited(Http, "PATCH", "example.com", "method_not_allowed");
+    check_limited(Http, "get", "example.com", "method_not_allowed");
+    check_limited(Http, "Get", "example.com", "method_not_allowed");
+    check_limited(Http, "TRACE", "example.com", "method_not_allowed");
+    check_limited(Http, "", "example.com", "method_not_allowed");
+    check_limited(HttpConnect, "CONNECT", "example.com", "method_not_allowed");
+    check_limited(HttpConnect, "GET", "example.com", "method_not_allowed");
+    check_limited(Socks5, "", "example.com", "method_not_allowed");
+    check_limited(Socks5Udp, "", "example.com", "method_not_allowed");
+    check_limited(UnixSocket, "GET", "example.com", "allow");
+    check_limited(UnixSocket, "POST", "example.com", "method_not_allowed");
+    // Earlier steps win over the method policy.
+    check_limited(Http, "POST", "evil.example.com", "denied");
+    check_limited(Http, "POST", "192.168.0.1", "not_allowed_local");
+    check_limited(Http, "POST", "unknown.test", "consult");
+}
+
+#[test]
+fn side_doors_in_limited_mode() {
+    let p = policy(false);
+    let target = Target::parse_authority("example.com", Some(80)).expect("parses");
+    let check = |headers: &[(&str, &str)], expected: &str| {
+        let side_doors = SideDoors::from_headers(headers.iter().map(|(n, v)| (*n, v.as_bytes())));
+        for mode in [Mode::Limited, Mode::Full] {
+            let request = Request {
+                protocol: Protocol::Http,
+                target: &target,
+                method: Some("GET"),
+                mode,
+                side_doors,
+            };
+            let want = if mode == Mode::Full { "allow" } else { expected };
+            assert_eq!(outcome(p.decide(&request)), want, "{headers:?} {mode}");
+        }
+    };
+    check(&[], "allow");
+    check(&[("Content-Length", "0")], "allow");
+    check(&[("content-length", "000")], "allow");
+    check(&[("Content-Length", "1")], "method_not_allowed");
+    check(&[("Content-Length", "")], "method_not_allowed");
+    check(&[("Content-Length", "abc")], "method_not_allowed");
+    check(&[("Transfer-Encoding", "chunked")], "method_not_allowed");
+    check(&[("TRANSFER-ENCODING", "identity")], "method_not_allowed");
+    check(&[("Upgrade", "websocket")], "method_not_allowed");
+    check(&[("X-HTTP-Method-Override", "DELETE")], "method_not_allowed");
+    check(&[("x-http-method", "PUT")], "method_not_allowed");
+    check(&[("X-Method-Override", "POST")], "method_not_allowed");
+    check(&[("Accept", "*/*"), ("User-Agent", "curl")], "allow");
+}
+
+#[test]
+fn disabled_comes_before_everything_but_parsing() {
+    let mut p = policy(false);
+    p.enabled = false;
+    for target in ["example.com", "evil.example.com", "127.0.0.1", "unknown.test"] {
+        assert_eq!(decide_with(&p, Protocol::Http, "GET", Mode::Full, target), "proxy_disabled");
+    }
+}
+
+#[test]
+fn the_decider_only_sees_allowlist_misses() {
+    let p = policy(false);
+    let target = Target::parse_authority("unknown.test", Some(443)).expect("parses");
+    let request = |mode, method| Request {
+        protocol: Protocol::Http,
+        target: &target,
+        method: Some(method),
+        mode,
+        side_doors: SideDoors::default(),
+    };
+    let consult = |mode, method| match p.decide(&request(mode, method)) {
+        Verdict::Consult(consult) => consult,
+        other => panic!("expected a consult, got {other:?}"),
+    };
+    assert_eq!(consult(Mode::Full, "GET").allow(), Decision::Allow);
+    assert_eq!(consult(Mode::Full, "POST").allow(), Decision::Allow);
+    assert_eq!(consult(Mode::Limited, "POST").allow(), Decision::Block(Reason::MethodNotAllowed));
+    assert_eq!(consult(Mode::Limited, "GET").allow(), Decision::Allow);
+    assert_eq!(consult(Mode::Full, "GET").not_allowed(), Decision::Block(Reason::NotAllowed));
+    let denied = consult(Mode::Full, "GET").deny("policy_denied");
+    assert_eq!(denied.reason().map(Reason::code), Some("policy_denied"));
+    assert_eq!(denied.reason().and_then(Reason::x_proxy_error), Some("blocked-by-policy"));
+}
+
+fn addrs(list: &[&str]) -> Vec<IpAddr> {
+    list.iter().map(|a| a.parse().expect("address")).collect()
+}
+
+#[track_caller]
+fn check_resolved(allow_local_binding: bool, target: &str, resolved: &[&str], expected: &str) {
+    let own: [SocketAddr; 2] = ["127.0.0.1:3128".parse().unwrap(), "[::]:8081".parse().unwrap()];
+    let target = Target::parse_authority(target, Some(443)).expect("target parses");
+    let got = match policy(allow_local_binding).check_resolved(&target, &addrs(resolved), &own) {
+        Decision::Allow => "allow".to_owned(),
+        Decision::Block(reason) => reason.code().to_owned(),
+    };
+    assert_eq!(got, expected, "{target} -> {resolved:?}");
+}
+
+#[test]
+fn resolved_addresses_are_checked() {
+    check_resolved(false, "example.com", &["93.184.216.34"], "allow");
+    check_resolved(false, "example.com", &["93.184.216.34", "2606:2800::1"], "allow");
+    check_resolved(false, "example.com", &["127.0.0.1"], "not_allowed_local");
+    check_resolved(false, "example.com", &["93.184.216.34", "127.0.0.1"], "not_allowed_local");
+    check_resolved(false, "example.com", &["::ffff:127.0.0.1"], "not_allowed_local");
+    check_resolved(false, "example.com", &["169.254.169.254"], "not_allowed_local");
+    check_resolved(false, "example.com", &["fd00:ec2::254"], "not_allowed_local");
+    check_resolved(false, "example.com", &["64:ff9b::a9fe:a9fe"], "not_allowed_local");
+    check_resolved(false, "example.com", &["10.1.2.3"], "allow");
+    check_resolved(false, "example.com", &["10.6.6.6"], "denied");
+    check_resolved(true, "example.com", &["10.6.6.6"], "denied");
+    check_resolved(true, "example.com", &["::ffff:10.6.6.6"], "denied");
+    check_resolved(true, "example.com", &["192.168.0.1"], "allow");
+    check_resolved(true, "example.com", &["127.0.0.1"], "allow");
+    check_resolved(false, "localhost", &["127.0.0.1", "::1"], "allow");
+    check_resolved(false, "localhost", &["192.168.0.1"], "not_allowed_local");
+    check_resolved(false, "127.0.0.1:8000", &["127.0.0.1"], "allow");
+    check_resolved(false, "[::1]", &["::1"], "allow");
+    check_resolved(false, "localhost:3128", &["127.0.0.1"], "self_connection");
+    check_resolved(true, "example.com:3128", &["127.0.0.1"], "self_connection");
+    check_resolved(true, "example.com:3128", &["127.0.0.5"], "self_connection");
+    check_resolved(true, "example.com:3128", &["0.0.0.0"], "self_connection");
+    check_resolved(true, "example.com:3128", &["::ffff:127.0.0.1"], "self_connection");
+    check_resolved(true, "example.com:3128", &["192.168.0.1"], "allow");
+    check_resolved(true, "example.com:8081", &["192.168.0.1"], "self_connection");
+    check_resolved(true, "example.com:8081", &["::1"], "self_connection");
+    check_resolved(true, "example.com:8081", &["93.184.216.34"], "allow");
+    check_resolved(true, "example.com:3129", &["127.0.0.1"], "allow");
+}
+
+#[test]
+fn reasons_report_as_spec_table() {
+    let table = [
+        (Reason::Denied, 403, Some("blocked-by-denylist"), 0x02),
+        (Reason::NotAllowed, 403, Some("blocked-by-allowlist"), 0x02),
+        (Reason::NotAllowedLocal, 403, Some("blocked-by-allowlist"), 0x02),
+        (Reason::MethodNotAllowed, 403, Some("blocked-by-method-policy"), 0x02),
+        (Reason::SelfConnection, 403, Some("blocked-by-policy"), 0x02),
+        (Reason::Decider("x".into()), 403, Some("blocked-by-policy"), 0x02),
+        (Reason::ProxyDisabled, 503, None, 0x01),
+    ];
+    for (reason, status, header, socks) in table {
+        assert_eq!(reason.http_status(), status, "{reason}");
+        assert_eq!(reason.x_proxy_error(), header, "{reason}");
+        assert_eq!(reason.socks_reply(), socks, "{reason}");
+        assert!(!reason.message().is_empty());
+    }
+    assert_eq!(Reason::NotAllowed.message(), "Domain not in allowlist.");
+}
