@@ -1,1 +1,128 @@
-fn main(){}
+//! Project automation, run as `cargo xtask <command>` (the alias lives in `.cargo/config.toml`).
+//!
+//! Plain Rust instead of shell scripts, so it runs wherever cargo does. Commands:
+//!
+//! - `ci`: fmt check, clippy `-D warnings`, `cargo test --workspace`, then `e2e`.
+//! - `e2e`: builds the release `proxyd` binary and drives it with real clients.
+//! - `bench`: criterion benchmarks (never part of `ci`: timings are not assertions).
+//! - `tidy`: the repository rules of STYLE.md, also run as a `#[test]` by `cargo test`.
+
+mod bench;
+mod ci;
+mod e2e;
+mod tidy;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result, bail};
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+commands:
+  ci      cargo fmt --check, clippy -D warnings, cargo test --workspace, then e2e
+  e2e     build the release proxyd binary and run the end-to-end scenarios
+  bench   run the criterion benchmarks (not part of ci)
+  tidy    check dependency layering, policy purity and workspace lints";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = match args.as_slice() {
+        [command] => command.as_str(),
+        _ => {
+            eprintln!("xtask: expected exactly one command\n");
+            return usage();
+        }
+    };
+    let result = match command {
+        "ci" => ci::run(),
+        "e2e" => e2e::run(),
+        "bench" => bench::run(),
+        "tidy" => tidy::run(),
+        "help" | "-h" | "--help" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        unknown => {
+            eprintln!("xtask: unknown command `{unknown}`\n");
+            return usage();
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask {command}: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn usage() -> ExitCode {
+    eprintln!("{USAGE}");
+    ExitCode::from(2)
+}
+
+/// The workspace root: xtask always lives one level below it.
+fn project_root() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    dir.parent().unwrap_or(dir).to_path_buf()
+}
+
+/// A `cargo` command run from the workspace root, using the same cargo that started us.
+fn cargo() -> Command {
+    // `cargo run` and `cargo test` set $CARGO to the cargo binary of the active toolchain.
+    let program = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
+    let mut cmd = Command::new(program);
+    cmd.current_dir(project_root());
+    cmd
+}
+
+/// Runs `cmd` with inherited stdio and fails unless it exits successfully.
+fn run_status(mut cmd: Command) -> Result<()> {
+    let shown = display(&cmd);
+    let status = cmd.status().with_context(|| format!("failed to start `{shown}`"))?;
+    if !status.success() {
+        bail!("`{shown}` failed ({status})");
+    }
+    Ok(())
+}
+
+/// Runs `cmd`, captures its stdout, and fails (showing its stderr) unless it exits successfully.
+fn run_output(mut cmd: Command) -> Result<Vec<u8>> {
+    let shown = display(&cmd);
+    let output = cmd.output().with_context(|| format!("failed to start `{shown}`"))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let stderr = stderr.trim();
+        if stderr.is_empty() {
+            bail!("`{shown}` failed ({})", output.status);
+        }
+        bail!("`{shown}` failed ({}): {stderr}", output.status);
+    }
+    Ok(output.stdout)
+}
+
+/// `cargo metadata --format-version 1` for the whole workspace, parsed.
+///
+/// No `--offline`: on a fresh machine cargo may need to fetch the index once. With a
+/// `Cargo.lock` and fetched dependencies it does not touch the network.
+fn cargo_metadata() -> Result<serde_json::Value> {
+    let mut cmd = cargo();
+    cmd.args(["metadata", "--format-version", "1"]);
+    let stdout = run_output(cmd)?;
+    serde_json::from_slice(&stdout).context("cargo metadata printed invalid JSON")
+}
+
+/// A command as a user would type it: `cargo` rather than the full path in $CARGO.
+fn display(cmd: &Command) -> String {
+    let program = Path::new(cmd.get_program());
+    let program = program.file_name().unwrap_or(program.as_os_str()).to_string_lossy();
+    let mut shown = program.into_owned();
+    for arg in cmd.get_args() {
+        shown.push(' ');
+        shown.push_str(&arg.to_string_lossy());
+    }
+    shown
+}

@@ -95,7 +95,7 @@ impl SideDoors {
         for (name, value) in headers {
             if name.eq_ignore_ascii_case("content-length") {
                 // Anything but a plain zero counts as a body, including unparsable values.
-                doors.body |= !(value.iter().all(|b| *b == b'0') && !value.is_empty());
+                doors.body |= value.is_empty() || value.iter().any(|b| *b != b'0');
             } else if name.eq_ignore_ascii_case("transfer-encoding") {
                 doors.body = true;
             } else if name.eq_ignore_ascii_case("upgrade") {

@@ -18,7 +18,9 @@ pub mod pattern;
 pub mod pattern_set;
 pub mod target;
 
-pub use decision::{Consult, Decision, Mode, Policy, Protocol, Reason, Request, SideDoors, Verdict};
+pub use decision::{
+    Consult, Decision, Mode, Policy, Protocol, Reason, Request, SideDoors, Verdict,
+};
 pub use local::is_local;
 pub use pattern::{ListKind, Pattern, PatternError, PatternErrorKind};
 pub use pattern_set::{MatchKind, PatternSet};

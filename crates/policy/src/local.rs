@@ -10,35 +10,35 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// IPv4 ranges that are local, as (network, prefix length).
 const LOCAL_V4: &[(Ipv4Addr, u8)] = &[
-    (Ipv4Addr::new(0, 0, 0, 0), 8),       // "this network" (RFC 791)
-    (Ipv4Addr::new(10, 0, 0, 0), 8),      // private (RFC 1918)
-    (Ipv4Addr::new(100, 64, 0, 0), 10),   // shared address space, CGNAT (RFC 6598)
-    (Ipv4Addr::new(127, 0, 0, 0), 8),     // loopback (RFC 1122)
-    (Ipv4Addr::new(169, 254, 0, 0), 16),  // link-local, cloud metadata (RFC 3927)
-    (Ipv4Addr::new(172, 16, 0, 0), 12),   // private (RFC 1918)
-    (Ipv4Addr::new(192, 0, 0, 0), 24),    // IETF protocol assignments (RFC 6890)
-    (Ipv4Addr::new(192, 0, 2, 0), 24),    // TEST-NET-1 (RFC 5737)
-    (Ipv4Addr::new(192, 88, 99, 0), 24),  // 6to4 relay anycast (RFC 7526)
-    (Ipv4Addr::new(192, 168, 0, 0), 16),  // private (RFC 1918)
-    (Ipv4Addr::new(198, 18, 0, 0), 15),   // benchmarking (RFC 2544)
-    (Ipv4Addr::new(198, 51, 100, 0), 24), // TEST-NET-2 (RFC 5737)
-    (Ipv4Addr::new(203, 0, 113, 0), 24),  // TEST-NET-3 (RFC 5737)
-    (Ipv4Addr::new(224, 0, 0, 0), 4),     // multicast (RFC 5771)
-    (Ipv4Addr::new(240, 0, 0, 0), 4),     // reserved and limited broadcast (RFC 1112, 919)
+    (Ipv4Addr::new(0, 0, 0, 0), 8),        // "this network" (RFC 791)
+    (Ipv4Addr::new(10, 0, 0, 0), 8),       // private (RFC 1918)
+    (Ipv4Addr::new(100, 64, 0, 0), 10),    // shared address space, CGNAT (RFC 6598)
+    (Ipv4Addr::new(127, 0, 0, 0), 8),      // loopback (RFC 1122)
+    (Ipv4Addr::new(169, 254, 0, 0), 16),   // link-local, cloud metadata (RFC 3927)
+    (Ipv4Addr::new(172, 16, 0, 0), 12),    // private (RFC 1918)
+    (Ipv4Addr::new(192, 0, 0, 0), 24),     // IETF protocol assignments (RFC 6890)
+    (Ipv4Addr::new(192, 0, 2, 0), 24),     // TEST-NET-1 (RFC 5737)
+    (Ipv4Addr::new(192, 88, 99, 0), 24),   // 6to4 relay anycast (RFC 7526)
+    (Ipv4Addr::new(192, 168, 0, 0), 16),   // private (RFC 1918)
+    (Ipv4Addr::new(198, 18, 0, 0), 15),    // benchmarking (RFC 2544)
+    (Ipv4Addr::new(198, 51, 100, 0), 24),  // TEST-NET-2 (RFC 5737)
+    (Ipv4Addr::new(203, 0, 113, 0), 24),   // TEST-NET-3 (RFC 5737)
+    (Ipv4Addr::new(224, 0, 0, 0), 4),      // multicast (RFC 5771)
+    (Ipv4Addr::new(240, 0, 0, 0), 4),      // reserved and limited broadcast (RFC 1112, 919)
     (Ipv4Addr::new(168, 63, 129, 16), 32), // Azure wire server and metadata
 ];
 
 /// IPv6 ranges that are local in themselves, as (network, prefix length).
 const LOCAL_V6: &[(Ipv6Addr, u8)] = &[
-    (Ipv6Addr::UNSPECIFIED, 128),                           // unspecified (RFC 4291)
-    (Ipv6Addr::LOCALHOST, 128),                             // loopback (RFC 4291)
-    (Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 0), 64),        // discard-only (RFC 6666)
-    (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0), 32),   // documentation (RFC 3849)
-    (Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0), 7),        // unique local (RFC 4193)
-    (Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10),       // link-local (RFC 4291)
-    (Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 0), 10),       // site-local (RFC 3879)
-    (Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8),        // multicast (RFC 4291)
-    (Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0), 48),    // local-use NAT64 (RFC 8215)
+    (Ipv6Addr::UNSPECIFIED, 128), // unspecified (RFC 4291)
+    (Ipv6Addr::LOCALHOST, 128),   // loopback (RFC 4291)
+    (Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 0), 64), // discard-only (RFC 6666)
+    (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0), 32), // documentation (RFC 3849)
+    (Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0), 7), // unique local (RFC 4193)
+    (Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10), // link-local (RFC 4291)
+    (Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 0), 10), // site-local (RFC 3879)
+    (Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8), // multicast (RFC 4291)
+    (Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0), 48), // local-use NAT64 (RFC 8215)
     (Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254), 128), // AWS metadata over IPv6
 ];
 

@@ -62,7 +62,10 @@ pub(crate) enum HostPattern {
     /// `example.com`: exactly that name.
     Exact(Box<str>),
     /// `*.example.com` (`apex == false`) or `**.example.com` (`apex == true`).
-    Suffix { suffix: Box<str>, apex: bool },
+    Suffix {
+        suffix: Box<str>,
+        apex: bool,
+    },
     /// Names with `*` or `?` inside labels, optionally after a leading `*`/`**` label.
     Glob(Glob),
     Ip(IpAddr),
@@ -172,7 +175,10 @@ fn parse_host(host: &str, list: ListKind) -> Result<HostPattern, PatternErrorKin
         return parse_cidr(host);
     }
     if host.contains(':') {
-        return host.parse::<IpAddr>().map(HostPattern::Ip).map_err(|_| PatternErrorKind::InvalidIp);
+        return host
+            .parse::<IpAddr>()
+            .map(HostPattern::Ip)
+            .map_err(|_| PatternErrorKind::InvalidIp);
     }
     let name = host.strip_suffix('.').unwrap_or(host);
     if name == "*" || name == "**.*" {

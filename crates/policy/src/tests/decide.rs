@@ -19,7 +19,8 @@ const ALLOWED: &[&str] = &[
     "both.example.com",
     "*.wild.example",
 ];
-const DENIED: &[&str] = &["evil.example.com", "both.example.com", "*.bad.example.org", "10.6.6.0/24"];
+const DENIED: &[&str] =
+    &["evil.example.com", "both.example.com", "*.bad.example.org", "10.6.6.0/24"];
 
 fn policy(allow_local_binding: bool) -> Policy {
     Policy {
@@ -39,23 +40,38 @@ fn outcome(verdict: Verdict) -> String {
     }
 }
 
-fn decide_with(policy: &Policy, protocol: Protocol, method: &str, mode: Mode, target: &str) -> String {
+fn decide_with(
+    policy: &Policy,
+    protocol: Protocol,
+    method: &str,
+    mode: Mode,
+    target: &str,
+) -> String {
     let target = Target::parse_authority(target, Some(443)).expect("target parses");
     let method = (!method.is_empty()).then_some(method);
-    let request = Request { protocol, target: &target, method, mode, side_doors: SideDoors::default() };
+    let request =
+        Request { protocol, target: &target, method, mode, side_doors: SideDoors::default() };
     outcome(policy.decide(&request))
 }
 
 /// Full mode, `GET` over plain HTTP, local binding off.
 #[track_caller]
 fn check(target: &str, expected: &str) {
-    assert_eq!(decide_with(&policy(false), Protocol::Http, "GET", Mode::Full, target), expected, "{target}");
+    assert_eq!(
+        decide_with(&policy(false), Protocol::Http, "GET", Mode::Full, target),
+        expected,
+        "{target}"
+    );
 }
 
 /// Local binding on.
 #[track_caller]
 fn check_lb(target: &str, expected: &str) {
-    assert_eq!(decide_with(&policy(true), Protocol::Http, "GET", Mode::Full, target), expected, "{target}");
+    assert_eq!(
+        decide_with(&policy(true), Protocol::Http, "GET", Mode::Full, target),
+        expected,
+        "{target}"
+    );
 }
 
 /// Limited mode.
@@ -113,8 +129,11 @@ fn local_literals_need_an_explicit_entry() {
 #[test]
 fn wildcards_never_unlock_local_literals() {
     let star = Policy {
-        allowed: PatternSet::compile(&["*", "**.test.localhost", "*.example.com"], ListKind::Allowed)
-            .expect("allowlist"),
+        allowed: PatternSet::compile(
+            &["*", "**.test.localhost", "*.example.com"],
+            ListKind::Allowed,
+        )
+        .expect("allowlist"),
         denied: PatternSet::default(),
         allow_local_binding: false,
         enabled: true,

@@ -20,11 +20,10 @@ fn hostish() -> impl Strategy<Value = String> {
 }
 
 fn authority() -> impl Strategy<Value = String> {
-    (hostish(), prop::option::of(prop_oneof!["[0-9]{1,6}", ".{0,3}"]))
-        .prop_map(|(h, p)| match p {
-            Some(p) => format!("{h}:{p}"),
-            None => h,
-        })
+    (hostish(), prop::option::of(prop_oneof!["[0-9]{1,6}", ".{0,3}"])).prop_map(|(h, p)| match p {
+        Some(p) => format!("{h}:{p}"),
+        None => h,
+    })
 }
 
 fn protocol() -> impl Strategy<Value = Protocol> {

@@ -1,0 +1,312 @@
+//! The validated configuration, and the rules that hold between keys (SPEC §2.3).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Read;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use proxyd_policy::{ListKind, Mode, PatternSet, Policy};
+
+use crate::error::{ConfigError, ConfigErrors, ErrorKind};
+use crate::listen::{self, Clamp};
+use crate::provenance::Origin;
+use crate::sources::{self, Sources};
+
+/// A validated configuration: every value typed and checked, listener addresses clamped,
+/// pattern lists compiled.
+///
+/// Loading with no sources gives [`Config::default`]. The pattern lists are read-only (through
+/// [`Config::allowed_domains`] and [`Config::denied_domains`]) because their compiled form,
+/// [`Config::policy`], is built from them at load time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub enabled: bool,
+    /// `proxy_url`, after clamping.
+    pub http_addr: SocketAddr,
+    /// `admin_url`, after clamping.
+    pub admin_addr: SocketAddr,
+    /// `socks_url`, after clamping.
+    pub socks_addr: SocketAddr,
+    pub enable_socks5: bool,
+    pub enable_socks5_udp: bool,
+    pub allow_upstream_proxy: bool,
+    pub dangerously_allow_non_loopback_proxy: bool,
+    pub dangerously_allow_non_loopback_admin: bool,
+    pub mode: Mode,
+    pub(crate) allowed_domains: Vec<String>,
+    pub(crate) denied_domains: Vec<String>,
+    pub allow_local_binding: bool,
+    pub allow_unix_sockets: Vec<PathBuf>,
+    pub connect_timeout: Duration,
+    pub dns_timeout: Duration,
+    pub header_read_timeout: Duration,
+    /// One clock for both directions of a tunnel or keep-alive connection.
+    pub idle_timeout: Duration,
+    pub decider_timeout: Duration,
+    /// How long shutdown waits for connections to finish; zero closes them at once.
+    pub drain_timeout: Duration,
+    /// Per listener.
+    pub max_connections: usize,
+    pub blocked_log_size: usize,
+    /// From `admin_token`, or the trimmed content of `admin_token_file` (setting both is an
+    /// error).
+    pub admin_token: Option<AdminToken>,
+    pub admin_token_file: Option<PathBuf>,
+    /// What was adjusted rather than refused (listener clamping), for the caller to log.
+    pub warnings: Vec<String>,
+    /// The keys set by some source; the others are defaults.
+    origins: BTreeMap<&'static str, Origin>,
+    compiled: Compiled,
+}
+
+/// The compiled pattern lists: a pure function of `allowed_domains` and `denied_domains`.
+#[derive(Debug, Clone, Default)]
+struct Compiled {
+    allowed: PatternSet,
+    denied: PatternSet,
+}
+
+impl PartialEq for Compiled {
+    fn eq(&self, other: &Compiled) -> bool {
+        self.allowed.patterns() == other.allowed.patterns()
+            && self.denied.patterns() == other.denied.patterns()
+    }
+}
+
+const fn local(port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+}
+
+impl Default for Config {
+    /// The built-in defaults of SPEC §2.2.
+    fn default() -> Config {
+        Config {
+            enabled: true,
+            http_addr: local(3128),
+            admin_addr: local(8080),
+            socks_addr: local(8081),
+            enable_socks5: true,
+            enable_socks5_udp: true,
+            allow_upstream_proxy: true,
+            dangerously_allow_non_loopback_proxy: false,
+            dangerously_allow_non_loopback_admin: false,
+            mode: Mode::Full,
+            allowed_domains: Vec::new(),
+            denied_domains: Vec::new(),
+            allow_local_binding: false,
+            allow_unix_sockets: Vec::new(),
+            connect_timeout: Duration::from_secs(10),
+            dns_timeout: Duration::from_secs(5),
+            header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(5 * 60),
+            decider_timeout: Duration::from_secs(5 * 60),
+            drain_timeout: Duration::from_secs(10),
+            max_connections: 4096,
+            blocked_log_size: 200,
+            admin_token: None,
+            admin_token_file: None,
+            warnings: Vec::new(),
+            origins: BTreeMap::new(),
+            compiled: Compiled::default(),
+        }
+    }
+}
+
+static DEFAULT_ORIGIN: Origin = Origin::Default;
+
+impl Config {
+    /// Loads and merges every source (SPEC §2.1), reporting every error found.
+    pub fn load(sources: &Sources) -> Result<Config, ConfigErrors> {
+        let mut config = Config::default();
+        let mut errors = Vec::new();
+        let optional = sources.system.iter().chain(&sources.user).map(|path| (path, false));
+        let explicit = sources.files.iter().map(|path| (path, true));
+        for (path, required) in optional.chain(explicit) {
+            match sources::read(path, required) {
+                Ok(Some(text)) => sources::apply_document(&mut config, path, &text, &mut errors),
+                Ok(None) => {}
+                Err(err) => errors.push(err),
+            }
+        }
+        for arg in &sources.overrides {
+            sources::apply_override(&mut config, arg, &mut errors);
+        }
+        config.finish(errors)
+    }
+
+    /// Loads one TOML document over the defaults, as if it were the only `--config` file;
+    /// `origin` names it in errors and origins.
+    pub fn from_toml_str(text: &str, origin: impl AsRef<Path>) -> Result<Config, ConfigErrors> {
+        let mut config = Config::default();
+        let mut errors = Vec::new();
+        sources::apply_document(&mut config, origin.as_ref(), text, &mut errors);
+        config.finish(errors)
+    }
+
+    /// `allowed_domains` as written.
+    pub fn allowed_domains(&self) -> &[String] {
+        &self.allowed_domains
+    }
+
+    /// `denied_domains` as written.
+    pub fn denied_domains(&self) -> &[String] {
+        &self.denied_domains
+    }
+
+    /// The compiled policy for the decision procedure (SPEC §6).
+    pub fn policy(&self) -> Policy {
+        Policy {
+            allowed: self.compiled.allowed.clone(),
+            denied: self.compiled.denied.clone(),
+            allow_local_binding: self.allow_local_binding,
+            enabled: self.enabled,
+        }
+    }
+
+    /// Where `key` of `[network]` got its value; [`Origin::Default`] for keys no source set
+    /// and for unknown keys.
+    pub fn origin(&self, key: &str) -> &Origin {
+        self.origins.get(key).unwrap_or(&DEFAULT_ORIGIN)
+    }
+
+    pub(crate) fn set_origin(&mut self, key: &'static str, origin: Origin) {
+        self.origins.insert(key, origin);
+    }
+
+    /// The keys whose change a reload must refuse because only a restart can apply them
+    /// (SPEC §8.2): the listener addresses and the on/off switches. Empty when `new` can
+    /// replace `self` at runtime. Addresses are compared as configured, so port `0` stays
+    /// equal to port `0`.
+    pub fn restart_required(&self, new: &Config) -> Vec<&'static str> {
+        [
+            ("enabled", self.enabled != new.enabled),
+            ("proxy_url", self.http_addr != new.http_addr),
+            ("admin_url", self.admin_addr != new.admin_addr),
+            ("enable_socks5", self.enable_socks5 != new.enable_socks5),
+            ("socks_url", self.socks_addr != new.socks_addr),
+            ("enable_socks5_udp", self.enable_socks5_udp != new.enable_socks5_udp),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect()
+    }
+
+    /// The rules between keys, applied to the merged values.
+    fn finish(mut self, mut errors: Vec<ConfigError>) -> Result<Config, ConfigErrors> {
+        if let Err(err) = self.read_token_file() {
+            errors.push(err);
+        }
+        self.clamp_listeners();
+        let allowed = PatternSet::compile(&self.allowed_domains, ListKind::Allowed);
+        let denied = PatternSet::compile(&self.denied_domains, ListKind::Denied);
+        // Every entry was checked where it was written, so these fail only if the policy
+        // crate and `keys.rs` disagree; report rather than panic all the same.
+        match (allowed, denied) {
+            (Ok(allowed), Ok(denied)) => self.compiled = Compiled { allowed, denied },
+            (allowed, denied) => {
+                let failures =
+                    [("allowed_domains", allowed.err()), ("denied_domains", denied.err())];
+                for (key, failed) in failures {
+                    for err in failed.into_iter().flatten() {
+                        let kind = ErrorKind::Invalid { key, reason: err.to_string() };
+                        errors.push(ConfigError::new(self.origin(key).location(), kind));
+                    }
+                }
+            }
+        }
+        match errors.is_empty() {
+            true => Ok(self),
+            false => Err(ConfigErrors(errors)),
+        }
+    }
+
+    fn read_token_file(&mut self) -> Result<(), ConfigError> {
+        let Some(path) = &self.admin_token_file else {
+            return Ok(());
+        };
+        let origin = self.origin("admin_token_file").clone();
+        let fail = |reason: String| {
+            ConfigError::new(
+                origin.location(),
+                ErrorKind::Invalid { key: "admin_token_file", reason },
+            )
+        };
+        if self.admin_token.is_some() {
+            return Err(fail("admin_token is set as well: set only one of the two".into()));
+        }
+        let text = read_small(path).map_err(|err| fail(format!("{}: {err}", path.display())))?;
+        let token = AdminToken::new(text.trim())
+            .map_err(|reason| fail(format!("{}: {reason}", path.display())))?;
+        self.admin_token = Some(token);
+        self.set_origin("admin_token", origin);
+        Ok(())
+    }
+
+    fn clamp_listeners(&mut self) {
+        let unix_sockets = !self.allow_unix_sockets.is_empty();
+        let proxy = Clamp {
+            flag: "dangerously_allow_non_loopback_proxy",
+            flag_set: self.dangerously_allow_non_loopback_proxy,
+            unix_sockets,
+        };
+        let admin = Clamp {
+            flag: "dangerously_allow_non_loopback_admin",
+            flag_set: self.dangerously_allow_non_loopback_admin,
+            unix_sockets,
+        };
+        let listeners = [
+            ("proxy_url", &mut self.http_addr, proxy),
+            ("admin_url", &mut self.admin_addr, admin),
+            ("socks_url", &mut self.socks_addr, proxy),
+        ];
+        for (key, addr, rule) in listeners {
+            let (clamped, warning) = listen::clamp(key, *addr, rule);
+            *addr = clamped;
+            self.warnings.extend(warning);
+        }
+    }
+}
+
+/// Reads a token file, refusing anything larger than a token could be (`/dev/zero` must not
+/// hang the load).
+fn read_small(path: &Path) -> Result<String, String> {
+    const LIMIT: u64 = 4096;
+    let file = std::fs::File::open(path).map_err(|err| err.to_string())?;
+    let mut text = String::new();
+    file.take(LIMIT + 1).read_to_string(&mut text).map_err(|err| err.to_string())?;
+    match text.len() as u64 > LIMIT {
+        true => Err(format!("larger than {LIMIT} bytes")),
+        false => Ok(text),
+    }
+}
+
+/// The admin API's bearer token (SPEC §8.3). Its `Debug` form never shows the value, so a
+/// logged `Config` does not leak it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    /// A token must be non-empty visible ASCII, as it travels in an `Authorization` header
+    /// (RFC 6750 §2.1).
+    pub fn new(token: &str) -> Result<AdminToken, String> {
+        if token.is_empty() {
+            return Err("the token is empty".into());
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("the token must be visible ascii without spaces".into());
+        }
+        Ok(AdminToken(token.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}

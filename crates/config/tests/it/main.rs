@@ -1,0 +1,8 @@
+//! Loading real files: every key, layering, error reporting, listeners and provenance.
+
+mod errors;
+mod keys;
+mod layering;
+mod listeners;
+mod provenance;
+mod support;

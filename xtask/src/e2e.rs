@@ -1,0 +1,175 @@
+//! `cargo xtask e2e`: the built `proxyd` binary, driven from outside by real clients.
+//!
+//! Each scenario gets the path of the release binary, starts it with its own temporary config,
+//! and asserts what a client sees (status codes, `x-proxy-error`) and that a canary listener was
+//! never reached for blocked cases. Adding a scenario is one entry in [`SCENARIOS`].
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::{cargo, run_output};
+
+/// What every scenario gets from the runner.
+pub(crate) struct Env {
+    /// The release `proxyd` binary built by [`run`].
+    pub(crate) proxyd: PathBuf,
+}
+
+pub(crate) struct Scenario {
+    pub(crate) name: &'static str,
+    /// Upper bound for the whole scenario, so a hang fails in seconds instead of stalling ci.
+    pub(crate) timeout: Duration,
+    pub(crate) run: fn(&Env) -> Result<()>,
+}
+
+/// Every end-to-end scenario, run in order.
+const SCENARIOS: &[Scenario] = &[];
+
+pub(crate) fn run() -> Result<()> {
+    let env = Env { proxyd: build_proxyd()? };
+    println!("e2e: binary {}", env.proxyd.display());
+    if SCENARIOS.is_empty() {
+        println!("e2e: no scenarios yet (the proxyd binary has no listeners yet)");
+    }
+    let summary = run_scenarios(Arc::new(env), SCENARIOS);
+    println!("{} passed, {} failed", summary.passed, summary.failed);
+    if summary.failed > 0 {
+        bail!("{} of {} e2e scenarios failed", summary.failed, summary.passed + summary.failed);
+    }
+    Ok(())
+}
+
+/// Builds the release binary and returns its path as cargo reports it (honours
+/// `CARGO_TARGET_DIR`). Compiler output still goes to the terminal via stderr.
+fn build_proxyd() -> Result<PathBuf> {
+    let mut cmd = cargo();
+    cmd.args(["build", "--release", "-p", "proxyd", "--bin", "proxyd"]);
+    cmd.arg("--message-format=json-render-diagnostics");
+    cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let stdout = run_output(cmd)?;
+    let stdout = String::from_utf8(stdout).context("cargo build printed non-UTF-8 JSON")?;
+    for line in stdout.lines() {
+        let message: serde_json::Value =
+            serde_json::from_str(line).context("cargo build printed an invalid JSON message")?;
+        if message["reason"] != "compiler-artifact" || message["target"]["name"] != "proxyd" {
+            continue;
+        }
+        if let Some(path) = message["executable"].as_str() {
+            return Ok(PathBuf::from(path));
+        }
+    }
+    bail!("cargo build reported no `proxyd` executable")
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Summary {
+    passed: usize,
+    failed: usize,
+}
+
+/// Runs each scenario on its own thread, printing `PASS name` or `FAIL name: why`.
+///
+/// A separate thread lets the runner enforce the timeout and survive a panicking scenario;
+/// a timed-out thread is left behind and dies with the process.
+fn run_scenarios(env: Arc<Env>, scenarios: &[Scenario]) -> Summary {
+    let mut summary = Summary { passed: 0, failed: 0 };
+    for scenario in scenarios {
+        match run_one(&env, scenario) {
+            Ok(()) => {
+                summary.passed += 1;
+                println!("PASS {}", scenario.name);
+            }
+            Err(why) => {
+                summary.failed += 1;
+                println!("FAIL {}: {why}", scenario.name);
+            }
+        }
+    }
+    summary
+}
+
+fn run_one(env: &Arc<Env>, scenario: &Scenario) -> Result<(), String> {
+    let (tx, rx) = mpsc::channel();
+    let env = Arc::clone(env);
+    let body = scenario.run;
+    let spawned = thread::Builder::new()
+        .name(scenario.name.to_owned())
+        .spawn(move || tx.send(body(&env)).ok());
+    if let Err(err) = spawned {
+        return Err(format!("could not spawn a thread: {err}"));
+    }
+    match rx.recv_timeout(scenario.timeout) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) => Err(format!("{err:#}")),
+        Err(RecvTimeoutError::Timeout) => {
+            Err(format!("timed out after {:.1}s", scenario.timeout.as_secs_f64()))
+        }
+        // The sender is dropped without sending only when the scenario panicked.
+        Err(RecvTimeoutError::Disconnected) => Err("panicked".to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn passes(_: &Env) -> Result<()> {
+        Ok(())
+    }
+
+    fn fails(_: &Env) -> Result<()> {
+        bail!("status 502, want 403")
+    }
+
+    fn panics(_: &Env) -> Result<()> {
+        panic!("scenario bug")
+    }
+
+    fn hangs(_: &Env) -> Result<()> {
+        // Parked forever: the runner must give up after the scenario's timeout.
+        loop {
+            thread::park();
+        }
+    }
+
+    fn scenario(name: &'static str, run: fn(&Env) -> Result<()>) -> Scenario {
+        Scenario { name, timeout: Duration::from_millis(200), run }
+    }
+
+    fn env() -> Arc<Env> {
+        Arc::new(Env { proxyd: PathBuf::from("proxyd") })
+    }
+
+    #[test]
+    fn runner_counts_passes_and_failures() {
+        let scenarios = [
+            scenario("passes", passes),
+            scenario("fails", fails),
+            scenario("panics", panics),
+            scenario("hangs", hangs),
+        ];
+        assert_eq!(run_scenarios(env(), &scenarios), Summary { passed: 1, failed: 3 });
+    }
+
+    #[test]
+    fn failure_reasons() {
+        let check = |run, want: Result<(), &str>| {
+            assert_eq!(run_one(&env(), &scenario("s", run)), want.map_err(str::to_owned));
+        };
+        check(passes, Ok(()));
+        check(fails, Err("status 502, want 403"));
+        check(panics, Err("panicked"));
+        check(hangs, Err("timed out after 0.2s"));
+    }
+
+    #[test]
+    fn no_scenarios_is_a_pass() {
+        assert_eq!(run_scenarios(env(), &[]), Summary { passed: 0, failed: 0 });
+    }
+}
