@@ -1,1 +1,43 @@
-//! placeholder
+//! proxyd's HTTP proxy listener (SPEC §7): HTTP/1.1 only, on hyper.
+//!
+//! This crate owns the wire side of HTTP proxying:
+//! - `server`: the accept loop, per-connection hyper service, graceful shutdown;
+//! - `forward`: absolute-form `http://` and `https://` forwarding with an upstream pool, and
+//!   relayed upgrades (SPEC §7.2, §7.4);
+//! - `connect`: `CONNECT` tunnels (SPEC §7.3);
+//! - `headers`: hop-by-hop removal, `Via`, limited-mode side doors;
+//! - `respond`: blocked and error responses (SPEC §6.1);
+//! - `tls`: the rustls client configuration for `https://` origins.
+//!
+//! It must not decide policy or dial by itself: every target goes through
+//! `proxyd_policy::Target`'s parser and [`proxyd_net::Engine`], and every connection through
+//! the `proxyd_net` dialler. It installs no global state.
+
+mod connect;
+mod forward;
+mod headers;
+mod respond;
+mod server;
+mod tls;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+
+pub use server::HttpProxy;
+pub use tls::client_config;
+
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Listener settings (SPEC §2.2).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub max_connections: usize,
+    /// TLS for `https://` absolute-form requests.
+    pub tls: std::sync::Arc<rustls::ClientConfig>,
+}

@@ -1,1 +1,49 @@
-//! placeholder
+//! Real upstreams and client helpers for proxyd's tests. A dev-dependency only.
+//!
+//! Owns: servers on `127.0.0.1:0` (or a Unix socket) that record what reached them, a
+//! throw-away TLS CA, and raw client helpers. Every server stops when its handle is dropped, and
+//! every helper wait is bounded by [`TIMEOUT`], so a hang fails in seconds.
+//!
+//! Must not: dial anything except from [`connect`] (the test client; the upstream proxy answers
+//! by itself), pick a port and rebind it, or install global state (no rustls default provider,
+//! no tracing subscriber).
+//!
+//! The origins ([`HttpOrigin`], [`TlsOrigin`], [`UnixOrigin`]) share these routes:
+//!
+//! - `/big?n=BYTES` answers `n` bytes of `x`, streamed in 16 KiB frames with a `content-length`
+//!   (`&chunked=1` omits it, so the response is chunked);
+//! - `/slow?ms=N` waits `N` ms (at most a minute) before answering as below, for drain tests;
+//! - `/status/CODE` answers that status (200..=599);
+//! - anything else answers 200, `content-type: text/plain`, body `origin METHOD TARGET\n`
+//!   followed by the request body.
+
+mod ca;
+mod canary;
+mod client;
+mod echo;
+mod http_origin;
+mod record;
+mod routes;
+mod server;
+mod temp;
+mod tls_origin;
+#[cfg(unix)]
+mod unix_origin;
+mod upgrade;
+mod upstream_proxy;
+
+pub use ca::TestCa;
+pub use canary::{Canary, UdpCanary};
+pub use client::{ResponseHead, connect, raw_request, read_response_head, read_to_eof};
+pub use echo::{EchoTcp, UdpEcho};
+pub use http_origin::HttpOrigin;
+pub use record::RecordedRequest;
+pub use temp::{TempDir, temp_dir};
+pub use tls_origin::TlsOrigin;
+#[cfg(unix)]
+pub use unix_origin::UnixOrigin;
+pub use upgrade::UpgradeOrigin;
+pub use upstream_proxy::UpstreamProxy;
+
+/// The bound on every wait in this crate's helpers and servers.
+pub const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

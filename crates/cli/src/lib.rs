@@ -1,0 +1,14 @@
+//! proxyd as a library: the embeddable [`NetworkProxy`] (SPEC §9), which the `proxyd` binary
+//! also uses.
+//!
+//! This crate is the only one that wires the others together: it turns a validated
+//! [`Config`] into an engine, binds the listeners, and owns their lifetime. Global state (the
+//! tracing subscriber, the rustls crypto provider, signal handlers) is installed by the binary
+//! in `main.rs`, never by the library.
+
+mod proxy;
+
+pub use proxy::{NetworkProxy, NetworkProxyBuilder, NetworkProxyHandle};
+pub use proxyd_config::{Config, ConfigErrors, Sources};
+pub use proxyd_net::{Resolver, StaticResolver, SystemResolver};
+pub use proxyd_policy::Mode;

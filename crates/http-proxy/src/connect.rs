@@ -1,0 +1,77 @@
+//! `CONNECT` tunnels (SPEC §7.3): decide, dial, and only then answer 200.
+
+use std::net::SocketAddr;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use proxyd_net::{Attempt, Outcome, splice};
+use proxyd_policy::{Decision, Protocol, SideDoors, Target};
+
+use crate::respond::{self, Blocked};
+use crate::server::{Shared, refuse};
+use crate::{Body, headers};
+
+pub(crate) async fn handle(
+    shared: &Shared,
+    peer: SocketAddr,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
+    let Some(authority) = req.uri().authority().map(|a| a.as_str().to_owned()) else {
+        return respond::bad_request("connect needs an authority-form target (host:port)");
+    };
+    let target = match Target::parse_authority(&authority, None) {
+        Ok(target) => target,
+        Err(err) => return respond::malformed(&err),
+    };
+    let engine = &shared.engine;
+    let attempt = Attempt {
+        protocol: Protocol::HttpConnect,
+        target: &target,
+        method: Some("CONNECT"),
+        client: Some(peer),
+        side_doors: SideDoors {
+            upgrade: headers::is_upgrade(req.headers()),
+            ..SideDoors::default()
+        },
+    };
+    let cx = Blocked {
+        target: &target,
+        protocol: Protocol::HttpConnect.as_str(),
+        method: "CONNECT",
+        mode: engine.mode(),
+    };
+    if let Decision::Block(reason) = engine.decide(&attempt).await {
+        engine.record(engine.event(&attempt, Outcome::Blocked(reason.clone())));
+        return respond::blocked(&reason, &cx);
+    }
+    let connected = match engine.dial(&target).await {
+        Ok(connected) => connected,
+        Err(err) => return refuse(shared, &attempt, &err, &cx),
+    };
+    let mut event = engine.event(&attempt, Outcome::Allowed);
+    event.dns_time = Some(connected.dns_time);
+    event.connect_time = Some(connected.connect_time);
+    engine.record(event);
+
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let idle = shared.settings.idle_timeout;
+    let closed = engine.tunnel_closed();
+    let guard = shared.tunnels.track();
+    tokio::spawn(async move {
+        let _guard = guard;
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                // hyper hands over any bytes the client pipelined after the head (SPEC §7.3).
+                match splice(TokioIo::new(upgraded), connected.stream, idle, closed).await {
+                    Ok((up, down)) => tracing::debug!(up, down, "tunnel closed"),
+                    Err(err) => tracing::debug!(error = %err, "tunnel ended with an error"),
+                }
+            }
+            Err(err) => tracing::debug!(error = %err, "connect upgrade failed"),
+        }
+    });
+    let mut response = Response::new(respond::empty());
+    *response.status_mut() = StatusCode::OK;
+    response
+}
