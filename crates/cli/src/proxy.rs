@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use proxyd_config::Config;
-use proxyd_http_proxy::HttpProxy;
+use proxyd_http_proxy::{HttpProxy, UpstreamProxies};
 use proxyd_net::{Dialer, Engine, Resolver, SystemResolver};
 use proxyd_policy::Mode;
 use tokio::net::TcpListener;
@@ -76,6 +76,11 @@ impl NetworkProxyBuilder {
             drain_timeout: config.drain_timeout,
             max_connections: config.max_connections,
             tls: Arc::new(tls),
+            upstream: match config.allow_upstream_proxy {
+                true => UpstreamProxies::from_env(|name| std::env::var(name).ok()),
+                false => UpstreamProxies::default(),
+            },
+            unix_sockets: config.allow_unix_sockets.clone(),
         };
         let http = HttpProxy::new(engine.clone(), settings);
         Ok(NetworkProxy {

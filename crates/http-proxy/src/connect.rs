@@ -5,9 +5,10 @@ use std::net::SocketAddr;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use proxyd_net::{Attempt, Outcome, splice};
+use proxyd_net::{Attempt, Connected, Outcome, splice};
 use proxyd_policy::{Decision, Protocol, SideDoors, Target};
 
+use crate::origin::{self, Failure};
 use crate::respond::{self, Blocked};
 use crate::server::{Shared, refuse};
 use crate::{Body, headers};
@@ -45,9 +46,23 @@ pub(crate) async fn handle(
         engine.record(engine.event(&attempt, Outcome::Blocked(reason.clone())));
         return respond::blocked(&reason, &cx);
     }
-    let connected = match engine.dial(&target).await {
-        Ok(connected) => connected,
-        Err(err) => return refuse(shared, &attempt, &err, &cx),
+    let connected = match shared.settings.upstream.for_target(true, &target) {
+        // Through the upstream proxy: it resolves the name (SPEC §7.6).
+        Some(proxy) => {
+            let via = async {
+                let connected = origin::dial_proxy(shared, proxy).await?;
+                let stream = origin::tunnel_via(shared, connected.stream, proxy, &target).await?;
+                Ok::<_, Failure>(Connected { stream, ..connected })
+            };
+            match via.await {
+                Ok(connected) => connected,
+                Err(failure) => return failure.respond(shared, &attempt, &cx),
+            }
+        }
+        None => match engine.dial(&target).await {
+            Ok(connected) => connected,
+            Err(err) => return refuse(shared, &attempt, &err, &cx),
+        },
     };
     let mut event = engine.event(&attempt, Outcome::Allowed);
     event.dns_time = Some(connected.dns_time);

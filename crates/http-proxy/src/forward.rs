@@ -1,83 +1,20 @@
-//! Absolute-form forwarding (SPEC §7.2) and relayed upgrades (SPEC §7.4).
+//! Absolute-form forwarding (SPEC §7.2), relayed upgrades (SPEC §7.4), and requests routed to
+//! a Unix socket (SPEC §7.7).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
-use std::task::{Context, Poll, Waker};
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::client::conn::http1::{self as client, SendRequest};
 use hyper_util::rt::TokioIo;
-use proxyd_net::{Attempt, Checked, Outcome, splice};
+use proxyd_net::{Attempt, Outcome, splice};
 use proxyd_policy::{AbsoluteUrl, Decision, Host, Protocol, Scheme, Target};
-use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::origin::{self, Opened, Route};
 use crate::respond::{self, Blocked};
 use crate::server::Shared;
-use crate::server::refuse;
 use crate::{Body, BoxError, headers};
-
-/// Idle upstream connections kept per (scheme, host, port, address).
-const MAX_IDLE_PER_KEY: usize = 16;
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct PoolKey {
-    scheme: Scheme,
-    host: Host,
-    port: u16,
-    addr: SocketAddr,
-}
-
-/// Upstream connections, reused only for the same scheme, host, port and checked address.
-#[derive(Default)]
-pub(crate) struct Pool {
-    idle: Mutex<HashMap<PoolKey, Vec<SendRequest<Incoming>>>>,
-}
-
-impl Pool {
-    /// A connection that can take a request now, for any of the checked addresses.
-    fn checkout(
-        &self,
-        scheme: Scheme,
-        checked: &Checked,
-    ) -> Option<(SendRequest<Incoming>, PoolKey)> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let mut cx = Context::from_waker(Waker::noop());
-        for addr in &checked.addrs {
-            let key = PoolKey {
-                scheme,
-                host: checked.target.host.clone(),
-                port: checked.target.port,
-                addr: *addr,
-            };
-            let Some(senders) = idle.get_mut(&key) else { continue };
-            senders.retain(|sender| !sender.is_closed());
-            // A sender whose previous response is still streaming is not ready yet and stays.
-            let ready = senders
-                .iter_mut()
-                .position(|sender| matches!(sender.poll_ready(&mut cx), Poll::Ready(Ok(()))));
-            if let Some(index) = ready {
-                return Some((senders.swap_remove(index), key));
-            }
-        }
-        None
-    }
-
-    fn checkin(&self, key: PoolKey, sender: SendRequest<Incoming>) {
-        if sender.is_closed() {
-            return;
-        }
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let senders = idle.entry(key).or_default();
-        if senders.len() < MAX_IDLE_PER_KEY {
-            senders.push(sender);
-        }
-    }
-}
 
 pub(crate) async fn handle(
     shared: &Shared,
@@ -98,9 +35,11 @@ pub(crate) async fn handle(
             return respond::bad_request("host header does not match the request target");
         }
     }
-    let protocol = match url.scheme {
-        Scheme::Http => Protocol::Http,
-        Scheme::Https => Protocol::Https,
+    let unix_socket = req.headers().get(headers::X_UNIX_SOCKET).cloned();
+    let protocol = match (&unix_socket, url.scheme) {
+        (Some(_), _) => Protocol::UnixSocket,
+        (None, Scheme::Http) => Protocol::Http,
+        (None, Scheme::Https) => Protocol::Https,
     };
     let engine = &shared.engine;
     let method = req.method().as_str().to_owned();
@@ -117,38 +56,37 @@ pub(crate) async fn handle(
         method: &method,
         mode: engine.mode(),
     };
-    if let Decision::Block(reason) = engine.decide(&attempt).await {
+    let (decision, unix_path) = match &unix_socket {
+        Some(value) => {
+            let (decision, path) = origin::decide_unix_socket(shared, value, &attempt).await;
+            (decision, Some(path))
+        }
+        None => (engine.decide(&attempt).await, None),
+    };
+    if let Decision::Block(reason) = decision {
         engine.record(engine.event(&attempt, Outcome::Blocked(reason.clone())));
         return respond::blocked(&reason, &cx);
     }
-    let checked = match engine.resolve_checked(&url.target).await {
-        Ok(checked) => checked,
-        Err(err) => return refuse(shared, &attempt, &err, &cx),
-    };
     let upgrade = headers::is_upgrade(req.headers());
-    let pooled = if upgrade { None } else { shared.pool.checkout(url.scheme, &checked) };
-    let (mut sender, key, connect_time) = match pooled {
-        Some((sender, key)) => (sender, key, None),
-        None => match open(shared, &url, &checked, upgrade).await {
-            Ok(opened) => opened,
-            Err(OpenError::Dial(err)) => return refuse(shared, &attempt, &err, &cx),
-            Err(OpenError::Tls) => {
-                engine
-                    .record(engine.event(&attempt, Outcome::Failed("upstream_tls_failed".into())));
-                return respond::error(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream_tls_failed",
-                    "tls with the origin failed",
-                );
-            }
+    let route = match &unix_path {
+        Some(path) => Route::Unix(path),
+        None => match shared.settings.upstream.for_target(url.scheme == Scheme::Https, &url.target)
+        {
+            Some(proxy) => Route::Upstream(proxy),
+            None => Route::Direct,
         },
     };
+    let Opened { mut sender, key, dns_time, connect_time, proxy_authorization } =
+        match origin::open(shared, &url, route, upgrade).await {
+            Ok(opened) => opened,
+            Err(failure) => return failure.respond(shared, &attempt, &cx),
+        };
     let mut event = engine.event(&attempt, Outcome::Allowed);
-    event.dns_time = Some(checked.dns_time);
+    event.dns_time = dns_time;
     event.connect_time = connect_time;
     engine.record(event);
 
-    let (outgoing, client_upgrade) = rewrite_request(req, &url, upgrade);
+    let (outgoing, client_upgrade) = rewrite_request(req, &url, upgrade, proxy_authorization);
     let response = match sender.send_request(outgoing).await {
         Ok(response) => response,
         Err(err) => {
@@ -160,7 +98,7 @@ pub(crate) async fn handle(
             );
         }
     };
-    if !upgrade {
+    if let Some(key) = key.filter(|_| !upgrade) {
         shared.pool.checkin(key, sender);
     }
     if upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -169,24 +107,33 @@ pub(crate) async fn handle(
     rewrite_response(response)
 }
 
-/// Origin-form request with `Host` from the target, hop-by-hop headers removed and `Via` added.
+/// The request as sent on: origin-form with `Host` from the target (absolute-form with
+/// `Proxy-Authorization` when it goes to an upstream proxy), hop-by-hop headers removed and
+/// `Via` added.
 fn rewrite_request(
     mut req: Request<Incoming>,
     url: &AbsoluteUrl,
     upgrade: bool,
+    proxy_authorization: Option<Option<HeaderValue>>,
 ) -> (Request<Incoming>, Option<hyper::upgrade::OnUpgrade>) {
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    parts.uri =
-        Uri::try_from(url.path_and_query.as_str()).unwrap_or_else(|_| Uri::from_static("/"));
-    parts.version = Version::HTTP_11;
-    headers::remove_hop_by_hop(&mut parts.headers, upgrade);
     let host = match url.target.port == url.scheme.default_port() {
         true => authority_host(&url.target.host),
         false => format!("{}:{}", authority_host(&url.target.host), url.target.port),
     };
+    let target = match &proxy_authorization {
+        Some(_) => format!("{}://{host}{}", url.scheme.as_str(), url.path_and_query),
+        None => url.path_and_query.clone(),
+    };
+    parts.uri = Uri::try_from(target).unwrap_or_else(|_| Uri::from_static("/"));
+    parts.version = Version::HTTP_11;
+    headers::remove_hop_by_hop(&mut parts.headers, upgrade);
     if let Ok(value) = HeaderValue::from_str(&host) {
         parts.headers.insert(header::HOST, value);
+    }
+    if let Some(Some(auth)) = proxy_authorization {
+        parts.headers.insert(header::PROXY_AUTHORIZATION, auth);
     }
     headers::add_via(&mut parts.headers);
     (Request::from_parts(parts, body), client_upgrade)
@@ -235,70 +182,4 @@ fn relay_upgrade(
         }
     });
     Response::from_parts(parts, respond::empty())
-}
-
-/// Dials a checked address and performs the HTTP/1.1 handshake, with TLS for `https`.
-async fn open(
-    shared: &Shared,
-    url: &AbsoluteUrl,
-    checked: &Checked,
-    upgrade: bool,
-) -> Result<(SendRequest<Incoming>, PoolKey, Option<std::time::Duration>), OpenError> {
-    let connected = shared.engine.dialer().connect(checked).await.map_err(OpenError::Dial)?;
-    let key = PoolKey {
-        scheme: url.scheme,
-        host: url.target.host.clone(),
-        port: url.target.port,
-        addr: connected.peer,
-    };
-    let connect_time = Some(connected.connect_time);
-    let sender = match url.scheme {
-        Scheme::Http => handshake(connected.stream, upgrade).await?,
-        Scheme::Https => {
-            let name = match &url.target.host {
-                Host::Ip(ip) => ServerName::IpAddress((*ip).into()),
-                Host::Name(name) => {
-                    ServerName::try_from(name.to_string()).map_err(|_| OpenError::Tls)?
-                }
-            };
-            let tls = tokio::time::timeout(
-                shared.engine.dialer().connect_timeout(),
-                shared.tls.connect(name, connected.stream),
-            )
-            .await
-            .map_err(|_| OpenError::Dial(proxyd_net::DialError::Timeout))?
-            .map_err(|err| {
-                tracing::debug!(error = %err, "tls handshake with the origin failed");
-                OpenError::Tls
-            })?;
-            handshake(tls, upgrade).await?
-        }
-    };
-    Ok((sender, key, connect_time))
-}
-
-async fn handshake<S>(stream: S, upgrade: bool) -> Result<SendRequest<Incoming>, OpenError>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (sender, conn) = client::handshake(TokioIo::new(stream)).await.map_err(|err| {
-        tracing::debug!(error = %err, "http handshake with the origin failed");
-        OpenError::Tls
-    })?;
-    tokio::spawn(async move {
-        let result = match upgrade {
-            true => conn.with_upgrades().await,
-            false => conn.await,
-        };
-        if let Err(err) = result {
-            tracing::debug!(error = %err, "upstream connection ended with an error");
-        }
-    });
-    Ok(sender)
-}
-
-#[derive(Debug)]
-enum OpenError {
-    Dial(proxyd_net::DialError),
-    Tls,
 }

@@ -2,8 +2,11 @@
 //!
 //! This crate owns the wire side of HTTP proxying:
 //! - `server`: the accept loop, per-connection hyper service, graceful shutdown;
-//! - `forward`: absolute-form `http://` and `https://` forwarding with an upstream pool, and
-//!   relayed upgrades (SPEC §7.2, §7.4);
+//! - `forward`: absolute-form `http://` and `https://` forwarding and relayed upgrades
+//!   (SPEC §7.2, §7.4);
+//! - `origin`: opening the outgoing connection: direct, via an upstream proxy, or to a Unix
+//!   socket (SPEC §7.6, §7.7); `pool`: reuse of direct ones;
+//! - `upstream`: the upstream proxy settings from the environment and `NO_PROXY`;
 //! - `connect`: `CONNECT` tunnels (SPEC §7.3);
 //! - `headers`: hop-by-hop removal, `Via`, limited-mode side doors;
 //! - `respond`: blocked and error responses (SPEC §6.1);
@@ -16,9 +19,12 @@
 mod connect;
 mod forward;
 mod headers;
+mod origin;
+mod pool;
 mod respond;
 mod server;
 mod tls;
+mod upstream;
 
 use std::time::Duration;
 
@@ -27,6 +33,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 
 pub use server::HttpProxy;
 pub use tls::client_config;
+pub use upstream::UpstreamProxies;
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub(crate) type Body = UnsyncBoxBody<Bytes, BoxError>;
@@ -40,4 +47,8 @@ pub struct Settings {
     pub max_connections: usize,
     /// TLS for `https://` absolute-form requests.
     pub tls: std::sync::Arc<rustls::ClientConfig>,
+    /// Upstream proxies from proxyd's environment (empty when `allow_upstream_proxy = false`).
+    pub upstream: UpstreamProxies,
+    /// `allow_unix_sockets`.
+    pub unix_sockets: Vec<std::path::PathBuf>,
 }

@@ -13,7 +13,7 @@ use proxyd_net::{Attempt, Connections, DialError, Engine, Outcome, accept_loop};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::forward::Pool;
+use crate::pool::Pool;
 use crate::{Body, Settings, connect, forward, respond};
 
 /// State shared by every connection of one listener.

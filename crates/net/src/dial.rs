@@ -179,6 +179,20 @@ impl Dialer {
         self.connect(&checked).await
     }
 
+    /// Dials an endpoint the operator configured (the upstream proxy of SPEC §7.6), not one a
+    /// client asked for: no allowlist or local-address check applies, but proxyd still never
+    /// connects to its own listeners, so an upstream proxy variable that points back at proxyd
+    /// fails instead of looping.
+    pub async fn dial_trusted(&self, target: &Target) -> Result<Connected, DialError> {
+        let trusted = Policy {
+            allowed: proxyd_policy::PatternSet::default(),
+            denied: proxyd_policy::PatternSet::default(),
+            allow_local_binding: true,
+            enabled: true,
+        };
+        self.dial(&trusted, target).await
+    }
+
     /// One lookup, bounded by `dns_timeout`. The error text is logged, never returned.
     async fn lookup(&self, name: &str) -> Result<Vec<IpAddr>, DialError> {
         let lookup = self.inner.resolver.resolve(name);

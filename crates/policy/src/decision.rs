@@ -282,11 +282,35 @@ impl Policy {
         {
             return Verdict::Decided(Decision::Block(Reason::NotAllowedLocal));
         }
-        let method_block = request.mode == Mode::Limited && method_blocked(request);
+        let method_block = request.mode == Mode::Limited
+            && method_blocked(request.protocol, request.method, request.side_doors);
         if allowed.is_none() {
             return Verdict::Consult(Consult { method_block });
         }
         Verdict::Decided(Consult { method_block }.allow())
+    }
+
+    /// A request for a Unix socket (SPEC §7.7). The caller has matched the canonicalised path
+    /// against `allow_unix_sockets` (this crate touches no files); the method policy of
+    /// limited mode applies as for any request.
+    pub fn decide_unix_socket(
+        &self,
+        path_allowed: bool,
+        method: &str,
+        mode: Mode,
+        side_doors: SideDoors,
+    ) -> Decision {
+        if !self.enabled {
+            Decision::Block(Reason::ProxyDisabled)
+        } else if !path_allowed {
+            Decision::Block(Reason::NotAllowed)
+        } else if mode == Mode::Limited
+            && method_blocked(Protocol::UnixSocket, Some(method), side_doors)
+        {
+            Decision::Block(Reason::MethodNotAllowed)
+        } else {
+            Decision::Allow
+        }
     }
 
     /// Step 7 of SPEC §6 and the dialling rules of §7.1, on the addresses about to be dialled
@@ -324,10 +348,8 @@ impl Policy {
 }
 
 /// Step 6: the method policy of limited mode and its side doors.
-fn method_blocked(request: &Request<'_>) -> bool {
-    request.protocol.is_opaque()
-        || !matches!(request.method, Some("GET" | "HEAD" | "OPTIONS"))
-        || request.side_doors.any()
+fn method_blocked(protocol: Protocol, method: Option<&str>, side_doors: SideDoors) -> bool {
+    protocol.is_opaque() || !matches!(method, Some("GET" | "HEAD" | "OPTIONS")) || side_doors.any()
 }
 
 /// A local IP literal or a `localhost` name (SPEC §5.2, first rule).

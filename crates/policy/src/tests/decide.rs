@@ -309,3 +309,19 @@ fn reasons_report_as_spec_table() {
     }
     assert_eq!(Reason::NotAllowed.message(), "Domain not in allowlist.");
 }
+
+#[test]
+fn unix_socket_requests() {
+    let mut p = policy(false);
+    let body = SideDoors { body: true, ..SideDoors::default() };
+    let none = SideDoors::default();
+    let code = |d: Decision| d.reason().map_or("allow".to_owned(), |r| r.code().to_owned());
+    assert_eq!(code(p.decide_unix_socket(true, "POST", Mode::Full, body)), "allow");
+    assert_eq!(code(p.decide_unix_socket(false, "GET", Mode::Full, none)), "not_allowed");
+    assert_eq!(code(p.decide_unix_socket(true, "GET", Mode::Limited, none)), "allow");
+    assert_eq!(code(p.decide_unix_socket(true, "POST", Mode::Limited, none)), "method_not_allowed");
+    assert_eq!(code(p.decide_unix_socket(true, "GET", Mode::Limited, body)), "method_not_allowed");
+    assert_eq!(code(p.decide_unix_socket(false, "POST", Mode::Limited, none)), "not_allowed");
+    p.enabled = false;
+    assert_eq!(code(p.decide_unix_socket(true, "GET", Mode::Full, none)), "proxy_disabled");
+}

@@ -1,0 +1,319 @@
+//! Chaining to an upstream proxy named by proxyd's own environment (SPEC §7.6).
+//!
+//! The decision on the host name still applies before anything is sent upstream. The check of
+//! resolved addresses (SPEC §5.2) cannot: the upstream proxy resolves the name, not proxyd.
+//! Local targets (local IP literals and `localhost` names) never go upstream.
+
+use std::net::IpAddr;
+
+use http::HeaderValue;
+use ipnet::IpNet;
+use proxyd_policy::{Host, Scheme, Target, is_local};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::BoxError;
+
+/// Longest response head accepted from an upstream proxy's answer to `CONNECT`.
+const MAX_CONNECT_HEAD: usize = 16 * 1024;
+
+/// One `http://` upstream proxy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ProxyEndpoint {
+    pub(crate) target: Target,
+    /// `Proxy-Authorization` built from the URL's userinfo.
+    pub(crate) authorization: Option<HeaderValue>,
+}
+
+/// The upstream proxies from the environment, and the `NO_PROXY` exceptions.
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamProxies {
+    http: Option<ProxyEndpoint>,
+    https: Option<ProxyEndpoint>,
+    no_proxy: NoProxy,
+}
+
+impl UpstreamProxies {
+    /// Reads `HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY` and `NO_PROXY` (lower-case first, as curl
+    /// does). Entries that are not `http://` proxies are skipped with a warning.
+    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> UpstreamProxies {
+        let var = |name: &str| {
+            get(&name.to_ascii_lowercase()).or_else(|| get(name)).filter(|v| !v.trim().is_empty())
+        };
+        let endpoint = |name: &str| {
+            let value = var(name)?;
+            match parse_proxy_url(&value) {
+                Ok(endpoint) => Some(endpoint),
+                Err(why) => {
+                    tracing::warn!(variable = name, "ignoring the upstream proxy: {why}");
+                    None
+                }
+            }
+        };
+        let all = endpoint("ALL_PROXY");
+        UpstreamProxies {
+            http: endpoint("HTTP_PROXY").or_else(|| all.clone()),
+            https: endpoint("HTTPS_PROXY").or(all),
+            no_proxy: NoProxy::parse(&var("NO_PROXY").unwrap_or_default()),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.http.is_none() && self.https.is_none()
+    }
+
+    /// The proxy for a request to `target`: `HTTPS_PROXY` for `https` and `CONNECT`,
+    /// `HTTP_PROXY` for `http`; none for local or `NO_PROXY` targets.
+    pub(crate) fn for_target(
+        &self,
+        tunnel_or_https: bool,
+        target: &Target,
+    ) -> Option<&ProxyEndpoint> {
+        let is_local_target = match &target.host {
+            Host::Ip(ip) => is_local(*ip),
+            host => host.is_localhost_name(),
+        };
+        if is_local_target || self.no_proxy.matches(&target.host) {
+            return None;
+        }
+        match tunnel_or_https {
+            true => self.https.as_ref(),
+            false => self.http.as_ref(),
+        }
+    }
+}
+
+/// Parses `http://[user:pass@]host:port[/]` (the scheme may be omitted).
+fn parse_proxy_url(value: &str) -> Result<ProxyEndpoint, String> {
+    let rest = match value.split_once("://") {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
+        Some((scheme, _)) => {
+            return Err(format!("only http:// proxies are supported, not {scheme}://"));
+        }
+        None => value,
+    };
+    let rest = rest.trim_end_matches('/');
+    let (userinfo, authority) = match rest.rsplit_once('@') {
+        Some((userinfo, authority)) => (Some(userinfo), authority),
+        None => (None, rest),
+    };
+    let target = Target::parse_authority(authority, Some(Scheme::Http.default_port()))
+        .map_err(|err| format!("invalid proxy address: {err}"))?;
+    let authorization = userinfo
+        .map(|userinfo| {
+            let decoded = percent_decode(userinfo);
+            HeaderValue::try_from(format!("Basic {}", base64(decoded.as_bytes())))
+                .map_err(|_| "invalid proxy credentials".to_owned())
+        })
+        .transpose()?;
+    Ok(ProxyEndpoint { target, authorization })
+}
+
+/// `NO_PROXY`: names (which also cover their subdomains), `.suffix`, `*.suffix`, IPs, CIDRs
+/// and `*` (everything).
+#[derive(Debug, Clone, Default)]
+struct NoProxy {
+    all: bool,
+    names: Vec<String>,
+    nets: Vec<IpNet>,
+}
+
+impl NoProxy {
+    fn parse(value: &str) -> NoProxy {
+        let mut no_proxy = NoProxy::default();
+        for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            if entry == "*" {
+                no_proxy.all = true;
+            } else if let Ok(net) = entry.parse::<IpNet>() {
+                no_proxy.nets.push(net);
+            } else if let Ok(ip) = entry.trim_matches(['[', ']']).parse::<IpAddr>() {
+                no_proxy.nets.push(IpNet::from(ip));
+            } else {
+                let name = entry.trim_start_matches('*').trim_start_matches('.');
+                // A port on a NO_PROXY entry is ignored: the exception is per host.
+                let name = name.split(':').next().unwrap_or(name);
+                no_proxy.names.push(name.trim_end_matches('.').to_ascii_lowercase());
+            }
+        }
+        no_proxy
+    }
+
+    fn matches(&self, host: &Host) -> bool {
+        if self.all {
+            return true;
+        }
+        match host {
+            Host::Ip(ip) => self.nets.iter().any(|net| net.contains(ip)),
+            Host::Name(name) => self.names.iter().any(|suffix| {
+                name.as_ref() == suffix
+                    || name.strip_suffix(suffix.as_str()).is_some_and(|head| head.ends_with('.'))
+            }),
+        }
+    }
+}
+
+/// Opens a `CONNECT` tunnel through the upstream proxy to `target`. Returns the stream and any
+/// bytes the proxy sent after its response head (they belong to the tunnel).
+pub(crate) async fn connect_via(
+    mut stream: TcpStream,
+    proxy: &ProxyEndpoint,
+    target: &Target,
+) -> Result<(TcpStream, Vec<u8>), BoxError> {
+    let mut head = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
+    if let Some(auth) = &proxy.authorization {
+        head.push_str("Proxy-Authorization: ");
+        head.push_str(auth.to_str().unwrap_or_default());
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await?;
+    let mut buf = Vec::with_capacity(1024);
+    let end = loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+        if buf.len() >= MAX_CONNECT_HEAD {
+            return Err("upstream proxy response head too long".into());
+        }
+        let mut chunk = [0u8; 2048];
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err("upstream proxy closed the connection".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let status = std::str::from_utf8(&buf[..end])
+        .ok()
+        .and_then(|head| head.split_whitespace().nth(1))
+        .and_then(|code| code.parse::<u16>().ok());
+    match status {
+        Some(200..=299) => Ok((stream, buf[end..].to_vec())),
+        Some(code) => Err(format!("upstream proxy answered {code} to connect").into()),
+        None => Err("upstream proxy sent an invalid response".into()),
+    }
+}
+
+fn percent_decode(input: &str) -> String {
+    let bytes = input.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Standard base64 with padding (RFC 4648 §4), for `Proxy-Authorization: Basic`.
+fn base64(input: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
+    for chunk in input.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |name| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned())
+    }
+
+    fn target(s: &str) -> Target {
+        Target::parse_authority(s, Some(443)).expect("target")
+    }
+
+    #[test]
+    fn base64_matches_rfc_4648_vectors() {
+        for (input, expected) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(input.as_bytes()), expected, "{input}");
+        }
+    }
+
+    #[test]
+    fn proxy_urls() {
+        let p = parse_proxy_url("http://user:p%40ss@proxy.corp:8080/").expect("parses");
+        assert_eq!(p.target.to_string(), "proxy.corp:8080");
+        assert_eq!(p.authorization.expect("auth"), "Basic dXNlcjpwQHNz");
+        assert_eq!(
+            parse_proxy_url("127.0.0.1:3129").expect("parses").target.to_string(),
+            "127.0.0.1:3129"
+        );
+        assert_eq!(parse_proxy_url("http://proxy").expect("parses").target.port, 80);
+        assert!(parse_proxy_url("socks5://proxy:1080").is_err());
+        assert!(parse_proxy_url("https://proxy:443").is_err());
+        assert!(parse_proxy_url("http://127.1:80").is_err());
+    }
+
+    #[test]
+    fn selection_and_no_proxy() {
+        let proxies = UpstreamProxies::from_env(env(&[
+            ("http_proxy", "http://10.0.0.1:3128"),
+            ("HTTPS_PROXY", "http://10.0.0.2:3128"),
+            (
+                "NO_PROXY",
+                "internal.corp, .svc.local,*.cluster.example, 192.0.2.0/24, 198.51.100.7, [2001:db8::1]",
+            ),
+        ]));
+        let via =
+            |tunnel, t: &str| proxies.for_target(tunnel, &target(t)).map(|p| p.target.to_string());
+        assert_eq!(via(false, "example.com:80").as_deref(), Some("10.0.0.1:3128"));
+        assert_eq!(via(true, "example.com").as_deref(), Some("10.0.0.2:3128"));
+        assert_eq!(via(false, "internal.corp"), None);
+        assert_eq!(via(false, "a.internal.corp"), None);
+        assert_eq!(via(false, "xinternal.corp").as_deref(), Some("10.0.0.1:3128"));
+        assert_eq!(via(false, "a.svc.local"), None);
+        assert_eq!(via(false, "b.cluster.example"), None);
+        assert_eq!(via(false, "93.184.216.34").as_deref(), Some("10.0.0.1:3128"));
+        assert_eq!(via(false, "198.51.100.7"), None);
+        assert_eq!(via(false, "localhost"), None);
+        assert_eq!(via(false, "127.0.0.1"), None);
+        assert_eq!(via(false, "[::1]"), None);
+        assert_eq!(via(false, "10.1.1.1"), None);
+    }
+
+    #[test]
+    fn all_proxy_is_the_fallback_and_star_disables() {
+        let proxies = UpstreamProxies::from_env(env(&[("ALL_PROXY", "http://10.0.0.3:1")]));
+        assert_eq!(proxies.for_target(true, &target("a.com")).map(|p| p.target.port), Some(1));
+        assert_eq!(proxies.for_target(false, &target("a.com")).map(|p| p.target.port), Some(1));
+        let none = UpstreamProxies::from_env(env(&[
+            ("ALL_PROXY", "http://10.0.0.3:1"),
+            ("no_proxy", "*"),
+        ]));
+        assert!(none.for_target(true, &target("a.com")).is_none());
+        assert!(UpstreamProxies::from_env(env(&[])).is_empty());
+    }
+}
