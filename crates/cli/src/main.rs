@@ -96,9 +96,12 @@ fn serve(config: Config) -> anyhow::Result<()> {
         .build()
         .context("starting the tokio runtime")?;
     runtime.block_on(async move {
+        // Before anything is bound or logged: a supervisor may signal as soon as it reads the
+        // `listening` line, and an uncaught SIGTERM would kill the process without draining.
+        let signals = Signals::install()?;
         let proxy = NetworkProxy::builder().config(config).build().await?;
         let handle = proxy.run().await?;
-        wait_for_signal().await?;
+        signals.wait().await;
         tracing::info!("shutting down: draining connections");
         handle.shutdown().await?;
         tracing::info!("stopped");
@@ -106,13 +109,26 @@ fn serve(config: Config) -> anyhow::Result<()> {
     })
 }
 
-/// SIGINT or SIGTERM.
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing the sigterm handler")?;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => result.context("waiting for sigint")?,
-        _ = term.recv() => {}
+/// The handlers for SIGINT and SIGTERM, registered from [`Signals::install`] on.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            int: signal(SignalKind::interrupt()).context("installing the sigint handler")?,
+            term: signal(SignalKind::terminate()).context("installing the sigterm handler")?,
+        })
     }
-    Ok(())
+
+    /// Waits for SIGINT or SIGTERM.
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+    }
 }

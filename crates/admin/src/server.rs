@@ -1,0 +1,146 @@
+//! The admin listener: its own small accept loop (the admin API must not depend on the proxy's
+//! egress crate), one hyper HTTP/1.1 connection per client, bounded bodies and timeouts.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+
+use crate::routes::{self, Body, MAX_BODY};
+use crate::{Control, guard};
+
+/// Admin listener settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub header_read_timeout: Duration,
+    /// `admin_token`: required as `Authorization: Bearer …` on every endpoint but `/health`.
+    pub token: Option<String>,
+    pub max_connections: usize,
+}
+
+/// The admin API server.
+pub struct AdminServer {
+    control: Arc<dyn Control>,
+    settings: Settings,
+}
+
+impl AdminServer {
+    pub fn new(control: Arc<dyn Control>, settings: Settings) -> AdminServer {
+        AdminServer { control, settings }
+    }
+
+    /// Serves until `shutdown` turns true; in-flight requests finish first.
+    pub async fn serve(self, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+        let own = match listener.local_addr() {
+            Ok(addr) => addr,
+            Err(err) => {
+                tracing::error!(error = %err, "admin listener has no address");
+                return;
+            }
+        };
+        let shared = Arc::new(self);
+        let permits = Arc::new(Semaphore::new(shared.settings.max_connections.max(1)));
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            let permit = tokio::select! {
+                permit = permits.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+                _ = shutdown.wait_for(|s| *s) => break,
+            };
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        tracing::debug!(error = %err, "admin accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = shutdown.wait_for(|s| *s) => break,
+            };
+            let shared = shared.clone();
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                let _permit = permit;
+                shared.connection(stream, peer, own, stop).await;
+            });
+            while tasks.try_join_next().is_some() {}
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    async fn connection(
+        self: Arc<Self>,
+        stream: tokio::net::TcpStream,
+        peer: SocketAddr,
+        own: SocketAddr,
+        stop: watch::Receiver<bool>,
+    ) {
+        let mut stop = stop;
+        let shared = self.clone();
+        let service = service_fn(move |req: Request<Incoming>| {
+            let shared = shared.clone();
+            async move { Ok::<_, Infallible>(shared.handle(req, own).await) }
+        });
+        let mut builder = http1::Builder::new();
+        builder.timer(TokioTimer::new()).header_read_timeout(self.settings.header_read_timeout);
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        tokio::pin!(conn);
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(err) = result {
+                    tracing::debug!(%peer, error = %err, "admin connection ended with an error");
+                }
+                return;
+            }
+            _ = stopped => {}
+        }
+        conn.as_mut().graceful_shutdown();
+        let _ = tokio::time::timeout(self.settings.header_read_timeout, conn).await;
+    }
+
+    async fn handle(&self, req: Request<Incoming>, own: SocketAddr) -> Response<Body> {
+        let (parts, body) = req.into_parts();
+        let path = parts.uri.path().to_owned();
+        let token = self.settings.token.as_deref();
+        if let Err(refusal) = guard::check(&parts.method, &path, &parts.headers, own, token) {
+            let status = match refusal {
+                guard::Refusal::Token => StatusCode::UNAUTHORIZED,
+                _ => StatusCode::FORBIDDEN,
+            };
+            let mut response = routes::error(status, refusal.message());
+            if refusal == guard::Refusal::Token {
+                response.headers_mut().insert(
+                    http::header::WWW_AUTHENTICATE,
+                    http::HeaderValue::from_static("Bearer"),
+                );
+            }
+            return response;
+        }
+        let body = match tokio::time::timeout(
+            self.settings.header_read_timeout,
+            Limited::new(body, MAX_BODY).collect(),
+        )
+        .await
+        {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(_)) => return routes::error(StatusCode::PAYLOAD_TOO_LARGE, "body too large"),
+            Err(_) => return routes::error(StatusCode::REQUEST_TIMEOUT, "body read timed out"),
+        };
+        routes::route(&*self.control, &parts.method, &path, parts.uri.query(), &body).await
+    }
+}

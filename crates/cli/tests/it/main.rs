@@ -1,0 +1,9 @@
+//! Integration tests for the built `proxyd` binary, driven from outside: a temporary config,
+//! the binary as a child process (its address read from its start-up log), and real `curl`.
+//!
+//! Nothing here dials outside `127.0.0.0/8`; every port is chosen by the kernel and every wait
+//! is bounded, so a hang fails in seconds.
+
+mod curl;
+mod process;
+mod support;
