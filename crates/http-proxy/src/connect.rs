@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use http::{Request, Response, StatusCode};
+use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use proxyd_net::{Attempt, Connected, Outcome, splice};
@@ -13,12 +13,28 @@ use crate::respond::{self, Blocked};
 use crate::server::{Shared, refuse};
 use crate::{Body, headers};
 
+/// Answers a `CONNECT`. Anything but a 200 also closes the connection: bytes the client
+/// pipelined after the head were meant for the tunnel and must not be read as new requests.
 pub(crate) async fn handle(
+    shared: &Shared,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let mut response = open_tunnel(shared, peer, req).await;
+    if response.status() != StatusCode::OK {
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+async fn open_tunnel(
     shared: &Shared,
     peer: SocketAddr,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
-    let Some(authority) = req.uri().authority().map(|a| a.as_str().to_owned()) else {
+    // Authority-form only (RFC 9112 §3.2.3, SPEC §7.3).
+    let authority = req.uri().authority().filter(|_| req.uri().scheme().is_none());
+    let Some(authority) = authority.map(|a| a.as_str().to_owned()) else {
         return respond::bad_request("connect needs an authority-form target (host:port)");
     };
     let target = match Target::parse_authority(&authority, None) {

@@ -24,7 +24,14 @@ pub trait Resolver: Send + Sync + 'static {
     fn resolve<'a>(&'a self, name: &'a str) -> BoxFuture<'a, io::Result<Vec<IpAddr>>>;
 }
 
-/// The operating system's resolver (`getaddrinfo` on a blocking thread, through tokio).
+/// The operating system's resolver (`getaddrinfo` on a blocking thread, through tokio), asked
+/// only for the exact name that was decided.
+///
+/// The hosts file is consulted first for an exact match of the name or one of its aliases.
+/// Otherwise the name is looked up fully qualified (with a trailing dot), so the resolver's
+/// search list (`search`/`ndots` in resolv.conf) never turns `secret` into
+/// `secret.corp.internal` or `api.example.com` into `api.example.com.cluster.local`: the name
+/// resolved is always the name the policy decided.
 ///
 /// When `dns_timeout` fires the caller gets its answer at once, but the blocking lookup itself
 /// cannot be cancelled and finishes on tokio's blocking pool.
@@ -34,13 +41,37 @@ pub struct SystemResolver;
 impl Resolver for SystemResolver {
     fn resolve<'a>(&'a self, name: &'a str) -> BoxFuture<'a, io::Result<Vec<IpAddr>>> {
         Box::pin(async move {
+            if let Ok(hosts) = tokio::fs::read_to_string(HOSTS_FILE).await {
+                let found = hosts_lookup(&hosts, name);
+                if !found.is_empty() {
+                    return Ok(found);
+                }
+            }
+            let qualified = format!("{name}.");
             // Port 0: only the addresses matter; the dialler adds the target's port.
             #[expect(clippy::disallowed_methods, reason = "the one resolver (SPEC §7.1)")]
-            let lookup = tokio::net::lookup_host((name, 0));
+            let lookup = tokio::net::lookup_host((qualified.as_str(), 0));
             let answers = lookup.await?;
             Ok(dedup(answers.map(|addr| addr.ip())))
         })
     }
+}
+
+const HOSTS_FILE: &str = "/etc/hosts";
+
+/// Addresses for `name` in hosts-file text (`ADDRESS NAME [ALIAS...]`, `#` comments), in file
+/// order. Names compare case-insensitively, ignoring one trailing dot.
+fn hosts_lookup(text: &str, name: &str) -> Vec<IpAddr> {
+    let mut found = Vec::new();
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or_default();
+        let mut fields = line.split_whitespace();
+        let Some(ip) = fields.next().and_then(|ip| ip.parse::<IpAddr>().ok()) else { continue };
+        if fields.any(|n| n.trim_end_matches('.').eq_ignore_ascii_case(name)) {
+            found.push(ip);
+        }
+    }
+    dedup(found)
 }
 
 /// A fixed name → addresses table for tests, which also counts lookups per name so a test can
@@ -106,6 +137,20 @@ pub(crate) fn dedup(addrs: impl IntoIterator<Item = IpAddr>) -> Vec<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_file_lookup_is_exact() {
+        let hosts = "# comment\n127.0.0.1 localhost\n10.0.0.5  build.internal  build # ci box\n\
+                     ::1 ip6-localhost\n10.0.0.6 Build.Internal.\nnot-an-ip name\n10.0.0.5 build\n";
+        let ips =
+            |name| hosts_lookup(hosts, name).iter().map(|ip| ip.to_string()).collect::<Vec<_>>();
+        assert_eq!(ips("build.internal"), ["10.0.0.5", "10.0.0.6"]);
+        assert_eq!(ips("build"), ["10.0.0.5"]);
+        assert_eq!(ips("ip6-localhost"), ["::1"]);
+        assert!(ips("internal").is_empty());
+        assert!(ips("comment").is_empty());
+        assert!(ips("name").is_empty());
+    }
 
     #[test]
     fn dedup_keeps_first_occurrence_order() {

@@ -323,7 +323,7 @@ impl Policy {
         own_listeners: &[SocketAddr],
     ) -> Decision {
         let port = target.port;
-        if addrs.iter().any(|ip| self.denied.contains_addr(*ip, port)) {
+        if addrs.iter().any(|ip| self.denied.covers_addr(*ip, port)) {
             return Decision::Block(Reason::Denied);
         }
         if addrs.iter().any(|ip| is_own_listener(*ip, port, own_listeners)) {

@@ -177,10 +177,13 @@ fn parse_host(host: &str, list: ListKind) -> Result<HostPattern, PatternErrorKin
     if host.contains(':') {
         return host
             .parse::<IpAddr>()
-            .map(HostPattern::Ip)
+            .map(|ip| HostPattern::Ip(ip.to_canonical()))
             .map_err(|_| PatternErrorKind::InvalidIp);
     }
     let name = host.strip_suffix('.').unwrap_or(host);
+    if name.ends_with('.') {
+        return Err(PatternErrorKind::Name(TargetError::EmptyLabel));
+    }
     if name == "*" || name == "**.*" {
         return match list {
             ListKind::Allowed => Ok(HostPattern::Any),
@@ -219,7 +222,19 @@ fn parse_cidr(host: &str) -> Result<HostPattern, PatternErrorKind> {
     if net.trunc() != net {
         return Err(PatternErrorKind::CidrHostBits(net.trunc()));
     }
-    Ok(HostPattern::Cidr(net))
+    Ok(HostPattern::Cidr(canonical_net(net)))
+}
+
+/// A range inside `::ffff:0:0/96` is written as the IPv4 range it maps (RFC 4291 §2.5.5.2), so
+/// it applies to both spellings of those addresses.
+fn canonical_net(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(net, IpNet::V4),
+            None => net,
+        },
+        net => net,
+    }
 }
 
 /// `*.x`, `**.x`, and names with in-label `*`/`?`.

@@ -115,6 +115,11 @@ impl PatternSet {
     }
 
     /// Whether the target matches, and how. Explicit matches win over wildcard ones.
+    ///
+    /// An IPv4-mapped or NAT64 literal is explicitly matched only by entries naming the IPv4
+    /// address it is delivered to; an IPv6 range that merely contains its IPv6 spelling
+    /// (`::/0`, `64:ff9b::/96`) matches it as a wildcard would, so it never unlocks a local
+    /// address (SPEC §5.2).
     pub fn matches(&self, target: &Target) -> Option<MatchKind> {
         let port = target.port;
         let explicit = match &target.host {
@@ -127,7 +132,7 @@ impl PatternSet {
         let wildcard = self.any.matches(port)
             || match &target.host {
                 Host::Name(name) => self.matches_name_wildcard(name, port),
-                Host::Ip(_) => false,
+                Host::Ip(ip) => self.covers_addr(*ip, port),
             };
         wildcard.then_some(MatchKind::Wildcard)
     }
@@ -149,10 +154,17 @@ impl PatternSet {
         self.globs.iter().any(|(glob, p)| p.is_none_or(|p| p == port) && glob.matches(name))
     }
 
-    /// Whether an IP entry equals `ip` or a CIDR entry contains it, on `port`. Used for IP
-    /// literals and for resolved addresses (SPEC §5.2).
-    /// An IPv4-mapped or NAT64 address also matches the IPv4 entries it stands for.
+    /// Whether an IP entry equals `ip` or a CIDR entry contains it, on `port`: the explicit
+    /// match that may unlock a local address (SPEC §5.2). An IPv4-mapped or NAT64 address is
+    /// judged only by the IPv4 address it is delivered to.
     pub fn contains_addr(&self, ip: IpAddr, port: u16) -> bool {
+        let ip = crate::local::translated_v4(ip).unwrap_or(ip);
+        self.contains_exact_addr(ip, port)
+    }
+
+    /// Whether any spelling of `ip` (itself, or the IPv4 address a mapped or NAT64 address is
+    /// delivered to) is inside an IP or CIDR entry: what a denylist must catch.
+    pub fn covers_addr(&self, ip: IpAddr, port: u16) -> bool {
         self.contains_exact_addr(ip, port)
             || crate::local::translated_v4(ip).is_some_and(|v4| self.contains_exact_addr(v4, port))
     }

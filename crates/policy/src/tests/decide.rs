@@ -325,3 +325,36 @@ fn unix_socket_requests() {
     p.enabled = false;
     assert_eq!(code(p.decide_unix_socket(true, "GET", Mode::Full, none)), "proxy_disabled");
 }
+
+/// Review finding: a wide IPv6 range must not unlock the IPv4 addresses that mapped and NAT64
+/// spellings are delivered to, and denylist entries apply to every spelling.
+#[test]
+fn embedded_ipv4_spellings_cannot_unlock_or_dodge() {
+    let p = Policy {
+        allowed: PatternSet::compile(&["::/0", "64:ff9b::/96", "*"], ListKind::Allowed)
+            .expect("allow"),
+        denied: PatternSet::compile(&["::ffff:5.6.7.8", "::ffff:9.9.9.0/120"], ListKind::Denied)
+            .expect("deny"),
+        allow_local_binding: false,
+        enabled: true,
+    };
+    let d = |t| decide_with(&p, Protocol::Http, "GET", Mode::Full, t);
+    assert_eq!(d("[::ffff:127.0.0.1]"), "not_allowed_local");
+    assert_eq!(d("[::ffff:169.254.169.254]"), "not_allowed_local");
+    assert_eq!(d("[64:ff9b::a9fe:a9fe]"), "not_allowed_local");
+    assert_eq!(d("[::1]"), "allow");
+    assert_eq!(d("5.6.7.8"), "denied");
+    assert_eq!(d("[::ffff:5.6.7.8]"), "denied");
+    assert_eq!(d("[64:ff9b::5.6.7.8]"), "denied");
+    assert_eq!(d("9.9.9.9"), "denied");
+    assert_eq!(d("8.8.8.8"), "allow");
+    let target = Target::parse_authority("example.com", Some(443)).expect("target");
+    let resolved = |ips: &[&str]| match p.check_resolved(&target, &addrs(ips), &[]) {
+        Decision::Allow => "allow".to_owned(),
+        Decision::Block(reason) => reason.code().to_owned(),
+    };
+    assert_eq!(resolved(&["::ffff:10.0.0.1"]), "not_allowed_local");
+    assert_eq!(resolved(&["5.6.7.8"]), "denied");
+    assert_eq!(resolved(&["::ffff:5.6.7.8"]), "denied");
+    assert_eq!(resolved(&["93.184.216.34"]), "allow");
+}

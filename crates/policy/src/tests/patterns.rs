@@ -48,6 +48,12 @@ fn entries_are_normalised() {
     check_parse("a.*.example.com", Ok("a.*.example.com"));
     check_parse("*.*.example.com", Ok("*.*.example.com"));
     check_parse("1.2.example.com", Ok("1.2.example.com"));
+    // IPv4-mapped entries are written as the IPv4 address or range they map.
+    check_parse("::ffff:1.2.3.4", Ok("1.2.3.4"));
+    check_parse("[::ffff:127.0.0.1]:80", Ok("127.0.0.1:80"));
+    check_parse("::ffff:10.0.0.0/104", Ok("10.0.0.0/8"));
+    check_parse("::ffff:0:0/96", Ok("0.0.0.0/0"));
+    check_parse("::fffe:0:0/95", Ok("::fffe:0:0/95"));
 }
 
 #[test]
@@ -80,6 +86,8 @@ fn load_time_rejections() {
     check_parse("example.com:65536", Err(K::Port(crate::TargetError::PortOutOfRange)));
     check_parse("example.com:http", Err(K::Port(crate::TargetError::InvalidPort)));
     check_parse("a..example.com", Err(K::Name(crate::TargetError::EmptyLabel)));
+    check_parse("example.com..", Err(K::Name(crate::TargetError::EmptyLabel)));
+    check_parse("*.example.com..", Err(K::Name(crate::TargetError::EmptyLabel)));
     check_parse("exa mple.com", Err(K::Name(crate::TargetError::Whitespace)));
     check_parse("exa!mple.com", Err(K::Name(crate::TargetError::InvalidCharacter('!'))));
     check_parse("a!*.example.com", Err(K::Name(crate::TargetError::InvalidCharacter('!'))));
@@ -198,6 +206,12 @@ fn ip_and_cidr_entries() {
     check("10.0.0.0/8", "11.0.0.0", NO);
     check("10.0.0.0/8", "[::ffff:10.1.1.1]", E);
     check("10.0.0.0/8", "[64:ff9b::10.1.1.1]", E);
+    // An IPv6 range that contains a mapped or NAT64 spelling is no explicit entry for the IPv4
+    // address behind it.
+    check("::/0", "[::ffff:127.0.0.1]", W);
+    check("::/0", "[::1]", E);
+    check("64:ff9b::/96", "[64:ff9b::a9fe:a9fe]", W);
+    check("::ffff:127.0.0.1", "127.0.0.1", E);
     check("172.16.0.0/12", "172.31.255.255", E);
     check("172.16.0.0/12", "172.32.0.0", NO);
     check("fd00::/8", "[fd12::1]", E);
