@@ -52,8 +52,10 @@ pub trait Control: Send + Sync + 'static {
     /// `(allowed, denied)`, normalised.
     fn patterns(&self) -> (Vec<String>, Vec<String>);
     fn blocked(&self) -> &BlockedLog;
-    /// Re-reads every config source; on error the running config stays in force.
-    fn reload(&self) -> BoxFuture<'_, Result<(), ReloadError>>;
+    /// Re-reads every config source; on error the running config stays in force. On success,
+    /// returns the changed keys that take effect only at the next restart (timeouts and limits
+    /// baked into running listeners).
+    fn reload(&self) -> BoxFuture<'_, Result<Vec<String>, ReloadError>>;
     /// Prometheus text exposition.
     fn metrics(&self) -> String;
 }

@@ -107,7 +107,10 @@ fn mode(control: &dyn Control, body: &[u8]) -> Response<Body> {
 
 async fn reload(control: &dyn Control) -> Response<Body> {
     match control.reload().await {
-        Ok(()) => json(StatusCode::OK, serde_json::json!({ "status": "reloaded" })),
+        Ok(pending) => json(
+            StatusCode::OK,
+            serde_json::json!({ "status": "reloaded", "pending_restart": pending }),
+        ),
         Err(ReloadError::Invalid(errors)) => json(
             StatusCode::UNPROCESSABLE_ENTITY,
             serde_json::json!({

@@ -39,7 +39,7 @@ impl AdminServer {
     }
 
     /// Serves until `shutdown` turns true; in-flight requests finish first.
-    pub async fn serve(self, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+    pub async fn serve(self, listener: TcpListener, shutdown: watch::Receiver<bool>) {
         let own = match listener.local_addr() {
             Ok(addr) => addr,
             Err(err) => {
@@ -50,13 +50,18 @@ impl AdminServer {
         let shared = Arc::new(self);
         let permits = Arc::new(Semaphore::new(shared.settings.max_connections.max(1)));
         let mut tasks = tokio::task::JoinSet::new();
+        let mut stop_rx = shutdown.clone();
+        let stopped = async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        };
+        tokio::pin!(stopped);
         loop {
             let permit = tokio::select! {
                 permit = permits.clone().acquire_owned() => match permit {
                     Ok(permit) => permit,
                     Err(_) => break,
                 },
-                _ = shutdown.wait_for(|s| *s) => break,
+                _ = &mut stopped => break,
             };
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -67,7 +72,7 @@ impl AdminServer {
                         continue;
                     }
                 },
-                _ = shutdown.wait_for(|s| *s) => break,
+                _ = &mut stopped => break,
             };
             let shared = shared.clone();
             let stop = shutdown.clone();

@@ -2,13 +2,20 @@
 //! also uses.
 //!
 //! This crate is the only one that wires the others together: it turns a validated
-//! [`Config`] into an engine, binds the listeners, and owns their lifetime. Global state (the
-//! tracing subscriber, the rustls crypto provider, signal handlers) is installed by the binary
-//! in `main.rs`, never by the library.
+//! [`Config`] into an engine, binds the HTTP, SOCKS5 and admin listeners, owns their lifetime,
+//! and keeps the live state the admin API reads and changes (`live.rs`: config in force,
+//! reloads, blocked log, metrics). Global state (the tracing subscriber, the rustls crypto
+//! provider, signal handlers) is installed by the binary in `main.rs`, never by the library.
 
+mod decider;
+pub mod exec;
+mod live;
+mod metrics;
 mod proxy;
 
+pub use decider::{NetworkDecision, NetworkPolicyDecider, NetworkPolicyRequest};
 pub use proxy::{NetworkProxy, NetworkProxyBuilder, NetworkProxyHandle};
+pub use proxyd_admin::{BlockedEntry, ReloadError};
 pub use proxyd_config::{Config, ConfigErrors, Sources};
 pub use proxyd_net::{Resolver, StaticResolver, SystemResolver};
 pub use proxyd_policy::Mode;

@@ -33,6 +33,13 @@ struct Cli {
 enum Command {
     /// Validate the config, print the effective config, and exit (non-zero if invalid).
     Check,
+    /// Run COMMAND behind a fresh proxy on ephemeral loopback ports, with the proxy
+    /// environment set; report what was blocked and exit with the command's status.
+    Exec {
+        /// The command and its arguments (after `--`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -43,7 +50,9 @@ enum LogFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    let quiet = matches!(cli.command, Some(Command::Exec { .. }));
+    // Behind `exec`, proxyd's own log would drown the command's output: warnings only.
+    init_tracing(cli.log_format, if quiet { "warn" } else { "info" });
     let sources = Sources::standard(cli.configs.clone(), cli.overrides.clone());
     let config = match Config::load(&sources) {
         Ok(config) => config,
@@ -58,16 +67,28 @@ fn main() -> ExitCode {
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
-    if cli.print_config || matches!(cli.command, Some(Command::Check)) {
-        print!("{}", config.render());
-        return ExitCode::SUCCESS;
-    }
-    if !config.enabled {
-        tracing::info!("network.enabled is false: proxyd binds nothing and exits");
-        return ExitCode::SUCCESS;
-    }
-    match serve(config) {
-        Ok(()) => ExitCode::SUCCESS,
+    let result = match cli.command {
+        Some(Command::Check) => {
+            print!("{}", config.render());
+            return ExitCode::SUCCESS;
+        }
+        _ if cli.print_config => {
+            print!("{}", config.render());
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Exec { command }) => {
+            runtime().and_then(|rt| rt.block_on(exec(sources, config, command)))
+        }
+        None if !config.enabled => {
+            tracing::info!("network.enabled is false: proxyd binds nothing and exits");
+            return ExitCode::SUCCESS;
+        }
+        None => {
+            runtime().and_then(|rt| rt.block_on(serve(sources, config))).map(|()| ExitCode::SUCCESS)
+        }
+    };
+    match result {
+        Ok(code) => code,
         Err(err) => {
             eprintln!("proxyd: {err:#}");
             ExitCode::FAILURE
@@ -75,9 +96,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(format: LogFormat) {
+fn init_tracing(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -88,31 +109,108 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-fn serve(config: Config) -> anyhow::Result<()> {
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     // One crypto provider for the process (STYLE.md): ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("starting the tokio runtime")?;
-    runtime.block_on(async move {
-        // Before anything is bound or logged: a supervisor may signal as soon as it reads the
-        // `listening` line, and an uncaught SIGTERM would kill the process without draining.
-        let signals = Signals::install()?;
-        let proxy = NetworkProxy::builder().config(config).build().await?;
-        let handle = proxy.run().await?;
-        signals.wait().await;
-        tracing::info!("shutting down: draining connections");
-        handle.shutdown().await?;
-        tracing::info!("stopped");
-        Ok(())
-    })
+        .context("starting the tokio runtime")
 }
 
-/// The handlers for SIGINT and SIGTERM, registered from [`Signals::install`] on.
+async fn serve(sources: Sources, config: Config) -> anyhow::Result<()> {
+    // Before anything is bound or logged: a supervisor may signal as soon as it reads the
+    // `listening` line, and an uncaught SIGTERM would kill the process without draining.
+    let mut signals = Signals::install()?;
+    let proxy = NetworkProxy::builder().config(config).sources(sources).build().await?;
+    let handle = proxy.run().await?;
+    // SIGHUP reloads; SIGINT or SIGTERM stops.
+    while let Signal::Hangup = signals.wait().await {
+        match handle.reload().await {
+            Ok(pending) if pending.is_empty() => tracing::info!("sighup: config reloaded"),
+            Ok(pending) => tracing::warn!(
+                ?pending,
+                "sighup: config reloaded; these keys apply at the next restart"
+            ),
+            Err(err) => tracing::error!(
+                error = ?err,
+                "sighup: reload refused; the running config stays in force"
+            ),
+        }
+    }
+    tracing::info!("shutting down: draining connections");
+    handle.shutdown().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// `proxyd exec`: the proxy on ephemeral loopback ports, one child, its exit status.
+async fn exec(sources: Sources, config: Config, command: Vec<String>) -> anyhow::Result<ExitCode> {
+    let mut signals = Signals::install()?;
+    let loopback: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
+    let allow_local_binding = config.allow_local_binding;
+    let proxy = NetworkProxy::builder()
+        .config(config)
+        .sources(sources)
+        .http_addr(loopback)
+        .socks_addr(loopback)
+        .admin_addr(loopback)
+        .command(proxyd::exec::shell_join(&command))
+        .build()
+        .await?;
+    let handle = proxy.run().await?;
+    let Some(http) = handle.http_addr() else {
+        anyhow::bail!("network.enabled is false: there is no proxy to run the command behind");
+    };
+    let env = proxyd::exec::proxy_env(http, handle.socks_addr(), allow_local_binding, |k| {
+        std::env::var(k).ok()
+    });
+    let mut child = tokio::process::Command::new(&command[0])
+        .args(&command[1..])
+        .envs(env)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", command[0]))?;
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status.context("waiting for the command")?,
+            signal = signals.wait() => match signal {
+                Signal::Hangup => {
+                    if let Err(err) = handle.reload().await {
+                        tracing::error!(error = ?err, "sighup: reload refused");
+                    }
+                }
+                // The terminal sends SIGINT to the child too; SIGTERM is passed on as a kill.
+                Signal::Stop => {
+                    let _ = child.start_kill();
+                }
+            },
+        }
+    };
+    if let Some(summary) = proxyd::exec::blocked_summary(&handle.blocked()) {
+        eprint!("{summary}");
+    }
+    handle.shutdown().await?;
+    let code = match status.code() {
+        Some(code) => u8::try_from(code).unwrap_or(1),
+        None => {
+            use std::os::unix::process::ExitStatusExt as _;
+            128u8.saturating_add(u8::try_from(status.signal().unwrap_or(0)).unwrap_or(0))
+        }
+    };
+    Ok(ExitCode::from(code))
+}
+
+enum Signal {
+    Hangup,
+    Stop,
+}
+
+/// The handlers for SIGINT, SIGTERM and SIGHUP, registered from [`Signals::install`] on.
 struct Signals {
     int: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -121,14 +219,16 @@ impl Signals {
         Ok(Signals {
             int: signal(SignalKind::interrupt()).context("installing the sigint handler")?,
             term: signal(SignalKind::terminate()).context("installing the sigterm handler")?,
+            hup: signal(SignalKind::hangup()).context("installing the sighup handler")?,
         })
     }
 
-    /// Waits for SIGINT or SIGTERM.
-    async fn wait(mut self) {
+    /// Waits for the next signal.
+    async fn wait(&mut self) -> Signal {
         tokio::select! {
-            _ = self.int.recv() => {}
-            _ = self.term.recv() => {}
+            _ = self.int.recv() => Signal::Stop,
+            _ = self.term.recv() => Signal::Stop,
+            _ = self.hup.recv() => Signal::Hangup,
         }
     }
 }

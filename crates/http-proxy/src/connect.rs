@@ -5,12 +5,12 @@ use std::net::SocketAddr;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use proxyd_net::{Attempt, Connected, Outcome, splice};
+use proxyd_net::{Attempt, Connected, Connections, Outcome, splice};
 use proxyd_policy::{Decision, Protocol, SideDoors, Target};
 
 use crate::origin::{self, Failure};
 use crate::respond::{self, Blocked};
-use crate::server::{Shared, refuse};
+use crate::server::{Shared, refuse, track_tunnel};
 use crate::{Body, headers};
 
 /// Answers a `CONNECT`. Anything but a 200 also closes the connection: bytes the client
@@ -19,8 +19,9 @@ pub(crate) async fn handle(
     shared: &Shared,
     peer: SocketAddr,
     req: Request<Incoming>,
+    tunnels: &Connections,
 ) -> Response<Body> {
-    let mut response = open_tunnel(shared, peer, req).await;
+    let mut response = open_tunnel(shared, peer, req, tunnels).await;
     if response.status() != StatusCode::OK {
         response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
@@ -31,6 +32,7 @@ async fn open_tunnel(
     shared: &Shared,
     peer: SocketAddr,
     mut req: Request<Incoming>,
+    tunnels: &Connections,
 ) -> Response<Body> {
     // Authority-form only (RFC 9112 §3.2.3, SPEC §7.3).
     let authority = req.uri().authority().filter(|_| req.uri().scheme().is_none());
@@ -88,14 +90,18 @@ async fn open_tunnel(
     let on_upgrade = hyper::upgrade::on(&mut req);
     let idle = shared.settings.idle_timeout;
     let closed = engine.tunnel_closed();
-    let guard = shared.tunnels.track();
+    let guard = track_tunnel(shared, tunnels);
+    let engine = engine.clone();
     tokio::spawn(async move {
         let _guard = guard;
         match on_upgrade.await {
             Ok(upgraded) => {
                 // hyper hands over any bytes the client pipelined after the head (SPEC §7.3).
                 match splice(TokioIo::new(upgraded), connected.stream, idle, closed).await {
-                    Ok((up, down)) => tracing::debug!(up, down, "tunnel closed"),
+                    Ok((up, down)) => {
+                        tracing::debug!(up, down, "tunnel closed");
+                        engine.record_tunnel_bytes(Protocol::HttpConnect, up, down);
+                    }
                     Err(err) => tracing::debug!(error = %err, "tunnel ended with an error"),
                 }
             }

@@ -8,18 +8,19 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use proxyd_net::{Attempt, Outcome, splice};
+use proxyd_net::{Attempt, Connections, Outcome, splice};
 use proxyd_policy::{AbsoluteUrl, Decision, Host, Protocol, Scheme, Target};
 
 use crate::origin::{self, Opened, Route};
 use crate::respond::{self, Blocked};
-use crate::server::Shared;
+use crate::server::{Shared, track_tunnel};
 use crate::{Body, BoxError, headers};
 
 pub(crate) async fn handle(
     shared: &Shared,
     peer: SocketAddr,
     req: Request<Incoming>,
+    tunnels: &Connections,
 ) -> Response<Body> {
     let url = match Target::parse_absolute_url(&req.uri().to_string()) {
         Ok(url) => url,
@@ -102,7 +103,7 @@ pub(crate) async fn handle(
         shared.pool.checkin(key, sender);
     }
     if upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        return relay_upgrade(shared, response, client_upgrade);
+        return relay_upgrade(shared, tunnels, response, client_upgrade);
     }
     rewrite_response(response)
 }
@@ -157,6 +158,7 @@ fn rewrite_response(response: Response<Incoming>) -> Response<Body> {
 /// Sends the 101 back and splices the two upgraded streams like a tunnel.
 fn relay_upgrade(
     shared: &Shared,
+    tunnels: &Connections,
     mut response: Response<Incoming>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Response<Body> {
@@ -166,7 +168,7 @@ fn relay_upgrade(
     headers::add_via(&mut parts.headers);
     let idle = shared.settings.idle_timeout;
     let closed = shared.engine.tunnel_closed();
-    let guard = shared.tunnels.track();
+    let guard = track_tunnel(shared, tunnels);
     tokio::spawn(async move {
         let _guard = guard;
         let Some(client_upgrade) = client_upgrade else { return };

@@ -9,6 +9,7 @@
 //! - `upstream`: the upstream proxy settings from the environment and `NO_PROXY`;
 //! - `connect`: `CONNECT` tunnels (SPEC §7.3);
 //! - `headers`: hop-by-hop removal, `Via`, limited-mode side doors;
+//! - `idle`: the idle clock of keep-alive client connections;
 //! - `respond`: blocked and error responses (SPEC §6.1);
 //! - `tls`: the rustls client configuration for `https://` origins.
 //!
@@ -19,6 +20,7 @@
 mod connect;
 mod forward;
 mod headers;
+mod idle;
 mod origin;
 mod pool;
 mod respond;

@@ -9,10 +9,11 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use proxyd_net::{Attempt, Connections, DialError, Engine, Outcome, accept_loop};
+use proxyd_net::{Attempt, Connections, DialError, Engine, Outcome, Tracked, accept_loop};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::idle::{Clocked, IdleClock};
 use crate::pool::Pool;
 use crate::{Body, Settings, connect, forward, respond};
 
@@ -22,8 +23,12 @@ pub(crate) struct Shared {
     pub(crate) settings: Settings,
     pub(crate) pool: Pool,
     pub(crate) tls: tokio_rustls::TlsConnector,
+    /// Client connections.
+    pub(crate) connections: Connections,
     /// Upgraded connections and tunnels, which hyper's graceful shutdown does not see.
     pub(crate) tunnels: Connections,
+    /// Turns true when a drain ends: client connections still open are closed then.
+    drained: watch::Sender<bool>,
 }
 
 /// The HTTP proxy listener.
@@ -35,15 +40,32 @@ pub struct HttpProxy {
 impl HttpProxy {
     pub fn new(engine: Engine, settings: Settings) -> HttpProxy {
         let tls = tokio_rustls::TlsConnector::from(settings.tls.clone());
-        let shared =
-            Shared { engine, settings, pool: Pool::default(), tls, tunnels: Connections::new() };
+        let shared = Shared {
+            engine,
+            settings,
+            pool: Pool::default(),
+            tls,
+            connections: Connections::new(),
+            tunnels: Connections::new(),
+            drained: watch::Sender::new(false),
+        };
         HttpProxy { shared: Arc::new(shared) }
+    }
+
+    /// Open client connections (for metrics).
+    pub fn connections(&self) -> Connections {
+        self.shared.connections.clone()
+    }
+
+    /// Open tunnels and upgraded connections (for metrics).
+    pub fn tunnels(&self) -> Connections {
+        self.shared.tunnels.clone()
     }
 
     /// Serves until `shutdown` turns true, then stops accepting, lets in-flight requests finish
     /// and closes tunnels once `drain_timeout` has passed (SPEC §7.5).
     pub async fn serve(&self, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
-        let connections = Connections::new();
+        let connections = self.shared.connections.clone();
         let shared = self.shared.clone();
         let stop = shutdown.clone();
         let handler = move |stream: TcpStream, peer: SocketAddr| {
@@ -72,6 +94,7 @@ impl HttpProxy {
                 "drain timeout: closing what is left"
             );
         }
+        self.shared.drained.send_replace(true);
         self.shared.engine.close_tunnels();
     }
 }
@@ -82,40 +105,68 @@ async fn serve_connection(
     peer: SocketAddr,
     mut stop: watch::Receiver<bool>,
 ) {
+    // Tunnels opened on this connection: it keeps its `max_connections` slot until they end.
+    let conn_tunnels = Connections::new();
     let svc_shared = shared.clone();
+    let svc_tunnels = conn_tunnels.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         let shared = svc_shared.clone();
-        async move { Ok::<_, Infallible>(handle(shared, peer, req).await) }
+        let tunnels = svc_tunnels.clone();
+        async move { Ok::<_, Infallible>(handle(shared, peer, req, &tunnels).await) }
     });
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(shared.settings.header_read_timeout)
         .keep_alive(true);
-    let conn = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
-    tokio::pin!(conn);
-    let closing = shared.engine.tunnel_closed();
-    tokio::select! {
-        result = conn.as_mut() => {
-            if let Err(err) = result {
-                tracing::debug!(error = %err, "client connection ended with an error");
+    let clock = IdleClock::new();
+    let io = TokioIo::new(Clocked::new(stream, clock.clone()));
+    // The connection is dropped at the end of this block, so a CONNECT whose upgrade never
+    // happened (a drain that ran out mid-dial) releases its tunnel guard.
+    {
+        let conn = builder.serve_connection(io, service).with_upgrades();
+        tokio::pin!(conn);
+        // Not `Engine::tunnel_closed`: that also fires in limited mode, which must not cut
+        // short the requests a drain lets finish.
+        let mut drained = shared.drained.subscribe();
+        let closing = tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(err) = result {
+                    tracing::debug!(error = %err, "client connection ended with an error");
+                }
+                false
             }
-            return;
+            _ = stop.wait_for(|stop| *stop) => true,
+            // A keep-alive connection idle in both directions (SPEC §2.2 `idle_timeout`). A
+            // request that is merely slow still gets its response before the connection closes.
+            _ = clock.idle(shared.settings.idle_timeout) => {
+                tracing::debug!("client connection idle, closing");
+                true
+            }
+        };
+        if closing {
+            // Finish the request in flight, then close; a drain that runs out closes it
+            // anyway.
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = drained.wait_for(|drained| *drained) => {}
+            }
         }
-        _ = stop.wait_for(|stop| *stop) => {}
     }
-    // Finish the request in flight, then close; a drain that runs out closes it anyway.
-    conn.as_mut().graceful_shutdown();
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        _ = closing => {}
-    }
+    // Tunnels end by themselves, by their idle timeout, limited mode or the end of a drain.
+    conn_tunnels.wait_idle().await;
 }
 
 /// Routes one request. Every request on a keep-alive connection is a new decision.
-async fn handle(shared: Arc<Shared>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+async fn handle(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    tunnels: &Connections,
+) -> Response<Body> {
     if req.method() == Method::CONNECT {
-        return connect::handle(&shared, peer, req).await;
+        return connect::handle(&shared, peer, req, tunnels).await;
     }
     if req.uri().scheme().is_none() {
         // The proxy never routes by `Host` (SPEC §7.2).
@@ -123,7 +174,14 @@ async fn handle(shared: Arc<Shared>, peer: SocketAddr, req: Request<Incoming>) -
             "origin-form requests are not proxied: send an absolute-form request-target",
         );
     }
-    forward::handle(&shared, peer, req).await
+    forward::handle(&shared, peer, req, tunnels).await
+}
+
+/// Counts a tunnel or upgraded connection until the guards drop: listener-wide for the drain,
+/// and on the client connection it came from (`conn_tunnels`), which so keeps its
+/// `max_connections` slot.
+pub(crate) fn track_tunnel(shared: &Shared, conn_tunnels: &Connections) -> (Tracked, Tracked) {
+    (shared.tunnels.track(), conn_tunnels.track())
 }
 
 /// Records a failed resolution or dial and answers it: 403 for a resolved-address block,

@@ -86,6 +86,9 @@ impl Outcome {
 /// Receives every decision event; must not block (the request path calls it inline).
 pub trait EventSink: Send + Sync + 'static {
     fn record(&self, event: &Event);
+
+    /// Bytes a finished tunnel relayed (client to upstream, upstream to client).
+    fn tunnel_bytes(&self, _protocol: &str, _up: u64, _down: u64) {}
 }
 
 /// A request being decided.
@@ -226,6 +229,13 @@ impl Engine {
         );
         for sink in &self.inner.sinks {
             sink.record(&event);
+        }
+    }
+
+    /// Reports the bytes a finished tunnel relayed.
+    pub fn record_tunnel_bytes(&self, protocol: Protocol, up: u64, down: u64) {
+        for sink in &self.inner.sinks {
+            sink.tunnel_bytes(protocol.as_str(), up, down);
         }
     }
 

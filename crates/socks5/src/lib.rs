@@ -1,1 +1,59 @@
-//! placeholder
+//! proxyd's SOCKS5 listener (SPEC §1, §6.1, RFC 1928): `CONNECT` and `UDP ASSOCIATE`, decided
+//! by the same policy and dialled through the same egress path as HTTP.
+//!
+//! This crate owns the wire side of SOCKS5:
+//! - `server`: the accept loop, the per-connection handshake under `handshake_timeout`, the
+//!   dispatch on the command, graceful shutdown;
+//! - `wire`: method negotiation (fast-socks5's protocol-level `Socks5ServerProtocol`), the
+//!   request reader and the reply writer (RFC 1928 §4–6, written here for exact reply codes);
+//! - `connect`: `CONNECT`: decide, dial, reply with the real bound address, splice;
+//! - `udp`: `UDP ASSOCIATE`: the relay loop of one association (RFC 1928 §7);
+//! - `udp_state`: what an association remembers: its client, its per-target decisions and
+//!   the peers it sent to;
+//! - `error`: `Socks5Error`, the client's faults, and the reply code of each.
+//!
+//! It must not decide policy or dial by itself: every destination goes through
+//! `proxyd_policy::Target`'s parser and [`proxyd_net::Engine`], every TCP connection through the
+//! `proxyd_net` dialler, and every datagram only to addresses `Engine::resolve_checked`
+//! returned. It never uses fast-socks5's high-level server, which resolves and dials by
+//! itself. It installs no global state.
+//!
+//! # Decisions
+//! - **Authentication**: "no authentication" (0x00) only; a client that does not offer it
+//!   gets `05 FF` and is closed (RFC 1928 §3).
+//! - **Phases**: before a method is selected no reply can be framed, so a bad greeting is
+//!   closed silently. After it, every failure gets a reply (0x01 malformed or truncated,
+//!   0x07 `BIND` and unknown commands, 0x08 unknown address types) and the connection closes.
+//! - **Limited mode** refuses `CONNECT` through the normal decision (`method_not_allowed`,
+//!   0x02) and `UDP ASSOCIATE` up front with the same reason; both are recorded. `BIND` and
+//!   unknown commands are not commands proxyd carries out in any mode: 0x07.
+//! - **UDP**: the relay binds to the IP the client reached the listener on; only the TCP
+//!   peer's IP may send, from the port named in the request or, when that is 0, from the port
+//!   of its first datagram. Decisions (allowed, blocked or failed) are cached per target for
+//!   5 s (`UDP_DECISION_TTL`), so each is recorded once per period rather than once per
+//!   datagram, and a name keeps the one checked address it was pinned to.
+
+mod connect;
+mod error;
+mod server;
+mod udp;
+mod udp_state;
+mod wire;
+
+use std::time::Duration;
+
+pub use server::Socks5Proxy;
+
+/// Listener settings (SPEC §2.2).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Bounds the greeting and the request, and each reply write.
+    pub handshake_timeout: Duration,
+    /// Ends a tunnel, or a UDP association, after this long without traffic either way.
+    pub idle_timeout: Duration,
+    /// How long a shutdown waits for open connections before closing them.
+    pub drain_timeout: Duration,
+    pub max_connections: usize,
+    /// Whether `UDP ASSOCIATE` is served (`enable_socks5_udp`); off, it is answered 0x07.
+    pub enable_udp: bool,
+}

@@ -1,0 +1,135 @@
+//! `proxyd exec -- COMMAND`: run one command behind a fresh proxy on ephemeral loopback ports,
+//! with the proxy environment set, and report what was blocked when it exits.
+//!
+//! Only programs that honour the proxy variables are confined by them: a program that ignores
+//! them, or opens sockets itself, is confined only when an OS sandbox lets it reach nothing
+//! but proxyd.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use proxyd_admin::BlockedEntry;
+
+/// The environment a child gets: the standard proxy variables in both cases, and the
+/// tool-specific ones that npm, yarn, pip, git and Node honour. `existing` is the parent's
+/// environment lookup (to append to `GIT_CONFIG_COUNT` rather than overwrite it).
+pub fn proxy_env(
+    http: SocketAddr,
+    socks: Option<SocketAddr>,
+    allow_local_binding: bool,
+    existing: impl Fn(&str) -> Option<String>,
+) -> Vec<(String, String)> {
+    let http_url = format!("http://{http}");
+    let all_url = match socks {
+        Some(socks) => format!("socks5h://{socks}"),
+        None => http_url.clone(),
+    };
+    // Local destinations go through the proxy too unless they are allowed anyway.
+    let no_proxy = match allow_local_binding {
+        true => "localhost,127.0.0.1,::1",
+        false => "",
+    };
+    let mut env: Vec<(String, String)> = Vec::new();
+    let mut set = |key: &str, value: &str| env.push((key.to_owned(), value.to_owned()));
+    for (key, value) in [
+        ("HTTP_PROXY", http_url.as_str()),
+        ("HTTPS_PROXY", &http_url),
+        ("ALL_PROXY", &all_url),
+        ("NO_PROXY", no_proxy),
+    ] {
+        set(key, value);
+        set(&key.to_ascii_lowercase(), value);
+    }
+    // npm and yarn (classic reads npm's), pip, Node's built-in fetch/http (Node ≥ 24 with
+    // NODE_USE_ENV_PROXY) and the global-agent package.
+    set("npm_config_proxy", &http_url);
+    set("npm_config_https_proxy", &http_url);
+    set("npm_config_noproxy", no_proxy);
+    set("YARN_HTTP_PROXY", &http_url);
+    set("YARN_HTTPS_PROXY", &http_url);
+    set("PIP_PROXY", &http_url);
+    set("NODE_USE_ENV_PROXY", "1");
+    set("GLOBAL_AGENT_HTTP_PROXY", &http_url);
+    set("GLOBAL_AGENT_HTTPS_PROXY", &http_url);
+    set("GLOBAL_AGENT_NO_PROXY", no_proxy);
+    // git: `http.proxy` through the environment's config entries, after any already there.
+    let count = existing("GIT_CONFIG_COUNT").and_then(|c| c.parse::<usize>().ok()).unwrap_or(0);
+    set("GIT_CONFIG_COUNT", &(count + 1).to_string());
+    set(&format!("GIT_CONFIG_KEY_{count}"), "http.proxy");
+    set(&format!("GIT_CONFIG_VALUE_{count}"), &http_url);
+    env
+}
+
+/// Quotes a command line for display and for the decider's `command` (POSIX shell style).
+pub fn shell_join(args: &[String]) -> String {
+    args.iter()
+        .map(|arg| {
+            let plain = !arg.is_empty()
+                && arg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./:=@%+,".contains(&b));
+            match plain {
+                true => arg.clone(),
+                false => format!("'{}'", arg.replace('\'', r"'\''")),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A few lines for stderr: each blocked destination once, with its reason and count.
+pub fn blocked_summary(entries: &[BlockedEntry]) -> Option<String> {
+    if entries.is_empty() {
+        return None;
+    }
+    let mut counts: BTreeMap<(String, String, String), usize> = BTreeMap::new();
+    for entry in entries {
+        let target = match entry.host.contains(':') {
+            true => format!("[{}]:{}", entry.host, entry.port),
+            false => format!("{}:{}", entry.host, entry.port),
+        };
+        *counts.entry((target, entry.reason.clone(), entry.protocol.clone())).or_default() += 1;
+    }
+    let mut out = format!("proxyd: blocked {} request(s):\n", entries.len());
+    for ((target, reason, protocol), count) in counts {
+        let times = if count > 1 { format!(" ({count} times)") } else { String::new() };
+        out.push_str(&format!("  {target} {reason} via {protocol}{times}\n"));
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_for_children() {
+        let http: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let socks: SocketAddr = "127.0.0.1:4001".parse().unwrap();
+        let env =
+            proxy_env(http, Some(socks), false, |k| (k == "GIT_CONFIG_COUNT").then(|| "2".into()));
+        let get = |k: &str| env.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("HTTP_PROXY"), Some("http://127.0.0.1:4000"));
+        assert_eq!(get("https_proxy"), Some("http://127.0.0.1:4000"));
+        assert_eq!(get("ALL_PROXY"), Some("socks5h://127.0.0.1:4001"));
+        assert_eq!(get("NO_PROXY"), Some(""));
+        assert_eq!(get("no_proxy"), Some(""));
+        assert_eq!(get("GIT_CONFIG_COUNT"), Some("3"));
+        assert_eq!(get("GIT_CONFIG_KEY_2"), Some("http.proxy"));
+        assert_eq!(get("PIP_PROXY"), Some("http://127.0.0.1:4000"));
+        let local = proxy_env(http, None, true, |_| None);
+        let get = |k: &str| local.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("NO_PROXY"), Some("localhost,127.0.0.1,::1"));
+        assert_eq!(get("all_proxy"), Some("http://127.0.0.1:4000"));
+        assert_eq!(get("GIT_CONFIG_KEY_0"), Some("http.proxy"));
+    }
+
+    #[test]
+    fn command_lines_are_quoted() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            shell_join(&args(&["curl", "-sS", "https://x.test/a?b=1"])),
+            "curl -sS 'https://x.test/a?b=1'"
+        );
+        assert_eq!(shell_join(&args(&["echo", "it's"])), r"echo 'it'\''s'");
+        assert_eq!(shell_join(&args(&["a", ""])), "a ''");
+    }
+}

@@ -1,0 +1,245 @@
+//! The running proxy's shared state: the engine, the config in force and where it came from,
+//! the blocked log, metrics, and reloads (SPEC §2.3, §8.2). Implements the admin API's
+//! [`Control`] and the engine's [`EventSink`].
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use proxyd_admin::{BlockedEntry, BlockedLog, BoxFuture, ConfigEntry, Control, ReloadError};
+use proxyd_config::{Config, Sources, Value};
+use proxyd_net::{Connections, Engine, Event, EventSink, Outcome};
+use proxyd_policy::Mode;
+use tokio::sync::mpsc;
+
+use crate::metrics::Metrics;
+
+/// Blocked requests waiting for the observer; beyond this, new ones are dropped for it (the
+/// blocked log still has them), so a slow observer never delays a request.
+const OBSERVER_QUEUE: usize = 1024;
+
+/// A blocked-request observer (SPEC §9).
+pub(crate) type BlockedObserver = Arc<dyn Fn(&BlockedEntry) + Send + Sync>;
+
+pub(crate) struct Live {
+    pub(crate) engine: Engine,
+    config: RwLock<Arc<Config>>,
+    /// Where a reload reads from; `None` for a config given directly to the library.
+    sources: Option<Sources>,
+    pub(crate) blocked: BlockedLog,
+    pub(crate) metrics: Metrics,
+    observer: Option<mpsc::Sender<BlockedEntry>>,
+    listeners: RwLock<Vec<(String, SocketAddr, Connections)>>,
+    tunnels: RwLock<Vec<(String, Connections)>>,
+}
+
+impl Live {
+    pub(crate) fn new(
+        engine: Engine,
+        config: Config,
+        sources: Option<Sources>,
+        observer: Option<BlockedObserver>,
+    ) -> Live {
+        let observer = observer.map(|observer| {
+            let (tx, mut rx) = mpsc::channel::<BlockedEntry>(OBSERVER_QUEUE);
+            tokio::spawn(async move {
+                while let Some(entry) = rx.recv().await {
+                    observer(&entry);
+                }
+            });
+            tx
+        });
+        Live {
+            engine,
+            blocked: BlockedLog::new(config.blocked_log_size),
+            config: RwLock::new(Arc::new(config)),
+            sources,
+            metrics: Metrics::new(),
+            observer,
+            listeners: RwLock::new(Vec::new()),
+            tunnels: RwLock::new(Vec::new()),
+        }
+    }
+
+    pub(crate) fn config(&self) -> Arc<Config> {
+        self.config.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn add_listener(&self, name: &str, addr: SocketAddr, connections: Connections) {
+        let mut listeners = self.listeners.write().unwrap_or_else(|e| e.into_inner());
+        listeners.push((name.to_owned(), addr, connections));
+    }
+
+    pub(crate) fn add_tunnels(&self, name: &str, tunnels: Connections) {
+        self.tunnels.write().unwrap_or_else(|e| e.into_inner()).push((name.to_owned(), tunnels));
+    }
+
+    /// Re-reads every source; applies the policy and mode, keeps the old config on any error.
+    pub(crate) fn reload_now(&self) -> Result<Vec<String>, ReloadError> {
+        let Some(sources) = &self.sources else {
+            self.metrics.reload("error");
+            let why = "this proxy was given its config directly: there are no sources to re-read";
+            return Err(ReloadError::Invalid(vec![why.to_owned()]));
+        };
+        let new = match Config::load(sources) {
+            Ok(new) => new,
+            Err(errors) => {
+                self.metrics.reload("error");
+                return Err(ReloadError::Invalid(errors.iter().map(|e| e.to_string()).collect()));
+            }
+        };
+        let old = self.config();
+        let changed = old.restart_required(&new);
+        if !changed.is_empty() {
+            self.metrics.reload("restart_needed");
+            return Err(ReloadError::RestartNeeded(
+                changed.iter().map(|key| format!("{key} changed: restart needed")).collect(),
+            ));
+        }
+        self.apply(&old, new)
+    }
+
+    /// Applies a validated config that passed the restart check.
+    pub(crate) fn apply(&self, old: &Config, new: Config) -> Result<Vec<String>, ReloadError> {
+        self.engine.set_policy(new.policy());
+        // A mode switched at runtime stays unless the config's own mode changed.
+        if new.mode != old.mode {
+            self.engine.set_mode(new.mode);
+        }
+        let pending = pending_restart(old, &new);
+        for warning in &new.warnings {
+            tracing::warn!("{warning}");
+        }
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
+        self.metrics.reload("ok");
+        tracing::info!(pending_restart = ?pending, "config reloaded");
+        Ok(pending)
+    }
+}
+
+/// Keys whose new values only a restart applies (they are baked into running listeners).
+fn pending_restart(old: &Config, new: &Config) -> Vec<String> {
+    let keys: [(&str, bool); 10] = [
+        ("connect_timeout", old.connect_timeout != new.connect_timeout),
+        ("dns_timeout", old.dns_timeout != new.dns_timeout),
+        ("header_read_timeout", old.header_read_timeout != new.header_read_timeout),
+        ("idle_timeout", old.idle_timeout != new.idle_timeout),
+        ("decider_timeout", old.decider_timeout != new.decider_timeout),
+        ("drain_timeout", old.drain_timeout != new.drain_timeout),
+        ("max_connections", old.max_connections != new.max_connections),
+        ("blocked_log_size", old.blocked_log_size != new.blocked_log_size),
+        ("allow_upstream_proxy", old.allow_upstream_proxy != new.allow_upstream_proxy),
+        ("allow_unix_sockets", old.allow_unix_sockets != new.allow_unix_sockets),
+    ];
+    let mut pending: Vec<String> =
+        keys.iter().filter(|(_, changed)| *changed).map(|(key, _)| (*key).to_owned()).collect();
+    if old.admin_token.as_ref().map(|t| t.as_str()) != new.admin_token.as_ref().map(|t| t.as_str())
+    {
+        pending.push("admin_token".to_owned());
+    }
+    pending
+}
+
+impl EventSink for Live {
+    fn record(&self, event: &Event) {
+        self.metrics.observe(event);
+        let Outcome::Blocked(reason) = &event.outcome else { return };
+        let entry = BlockedEntry {
+            id: 0,
+            timestamp: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            host: event.host.clone(),
+            port: event.port,
+            protocol: event.protocol.as_str().to_owned(),
+            method: event.method.clone(),
+            reason: reason.code().to_owned(),
+            client: event.client.map(|c| c.to_string()),
+            mode: event.mode.as_str().to_owned(),
+        };
+        let id = self.blocked.push(entry.clone());
+        if let Some(observer) = &self.observer {
+            // Never waits: a full queue drops the notification, not the request.
+            let _ = observer.try_send(BlockedEntry { id, ..entry });
+        }
+    }
+
+    fn tunnel_bytes(&self, protocol: &str, up: u64, down: u64) {
+        self.metrics.tunnel_bytes(protocol, up, down);
+    }
+}
+
+impl Control for Live {
+    fn version(&self) -> &str {
+        env!("CARGO_PKG_VERSION")
+    }
+
+    fn mode(&self) -> Mode {
+        self.engine.mode()
+    }
+
+    fn set_mode(&self, mode: Mode) {
+        self.engine.set_mode(mode);
+    }
+
+    fn listeners(&self) -> Vec<(String, SocketAddr)> {
+        let listeners = self.listeners.read().unwrap_or_else(|e| e.into_inner());
+        listeners.iter().map(|(name, addr, _)| (name.clone(), *addr)).collect()
+    }
+
+    fn config(&self) -> Vec<ConfigEntry> {
+        self.config()
+            .settings()
+            .into_iter()
+            .map(|setting| ConfigEntry {
+                key: setting.key.to_owned(),
+                value: match setting.value {
+                    Value::Bool(b) => serde_json::Value::Bool(b),
+                    Value::Integer(n) => serde_json::Value::from(n),
+                    Value::String(s) => serde_json::Value::String(s),
+                    Value::List(list) => serde_json::Value::from(list),
+                    Value::Redacted => serde_json::Value::String("(redacted)".to_owned()),
+                    Value::Unset => serde_json::Value::Null,
+                },
+                origin: setting.origin.to_string(),
+            })
+            .collect()
+    }
+
+    fn patterns(&self) -> (Vec<String>, Vec<String>) {
+        let policy = self.engine.policy();
+        let list = |set: &proxyd_policy::PatternSet| {
+            set.patterns().iter().map(|p| p.to_string()).collect()
+        };
+        (list(&policy.allowed), list(&policy.denied))
+    }
+
+    fn blocked(&self) -> &BlockedLog {
+        &self.blocked
+    }
+
+    fn reload(&self) -> BoxFuture<'_, Result<Vec<String>, ReloadError>> {
+        Box::pin(async move { self.reload_now() })
+    }
+
+    fn metrics(&self) -> String {
+        let listeners = self.listeners.read().unwrap_or_else(|e| e.into_inner());
+        let tunnels = self.tunnels.read().unwrap_or_else(|e| e.into_inner());
+        let active: Vec<(&'static str, usize, usize)> = listeners
+            .iter()
+            .map(|(name, _, connections)| {
+                let open_tunnels =
+                    tunnels.iter().filter(|(n, _)| n == name).map(|(_, t)| t.active()).sum();
+                (static_name(name), connections.active(), open_tunnels)
+            })
+            .collect();
+        self.metrics.render(&active)
+    }
+}
+
+fn static_name(name: &str) -> &'static str {
+    match name {
+        "http" => "http",
+        "socks5" => "socks5",
+        "admin" => "admin",
+        _ => "other",
+    }
+}

@@ -1,0 +1,127 @@
+//! The listener: accept loop, one handshake per client under `handshake_timeout`, dispatch on
+//! the command, graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use fast_socks5::consts;
+use proxyd_net::{Connections, Engine, accept_loop};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::time::{Instant, timeout_at};
+
+use crate::error::Socks5Error;
+use crate::wire::{self, Command, UNSPECIFIED};
+use crate::{Settings, connect, udp};
+
+/// State shared by every connection of one listener.
+pub(crate) struct Shared {
+    pub(crate) engine: Engine,
+    pub(crate) settings: Settings,
+    /// Client connections, from accept to close.
+    pub(crate) connections: Connections,
+    /// Open tunnels and UDP associations (a subset of the accept loop's connections), for the
+    /// drain log and metrics.
+    pub(crate) tunnels: Connections,
+}
+
+/// The SOCKS5 listener.
+#[derive(Clone)]
+pub struct Socks5Proxy {
+    shared: Arc<Shared>,
+}
+
+impl Socks5Proxy {
+    pub fn new(engine: Engine, settings: Settings) -> Socks5Proxy {
+        let shared = Shared {
+            engine,
+            settings,
+            connections: Connections::new(),
+            tunnels: Connections::new(),
+        };
+        Socks5Proxy { shared: Arc::new(shared) }
+    }
+
+    /// Open client connections (for metrics).
+    pub fn connections(&self) -> Connections {
+        self.shared.connections.clone()
+    }
+
+    /// Open `CONNECT` tunnels and UDP associations (for metrics).
+    pub fn tunnels(&self) -> Connections {
+        self.shared.tunnels.clone()
+    }
+
+    /// Serves until `shutdown` turns true, then stops accepting, lets handshakes, tunnels and
+    /// UDP associations go on for up to `drain_timeout`, and closes what is left (SPEC §7.5).
+    pub async fn serve(&self, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+        let connections = self.shared.connections.clone();
+        let shared = self.shared.clone();
+        let handler = move |stream: TcpStream, peer: SocketAddr| {
+            serve_connection(shared.clone(), stream, peer)
+        };
+        let stopping = async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        };
+        accept_loop(
+            listener,
+            self.shared.settings.max_connections,
+            connections.clone(),
+            stopping,
+            handler,
+        )
+        .await;
+        let drain = self.shared.settings.drain_timeout;
+        if tokio::time::timeout(drain, connections.wait_idle()).await.is_err() {
+            tracing::info!(
+                connections = connections.active(),
+                tunnels = self.shared.tunnels.active(),
+                "drain timeout: closing what is left"
+            );
+        }
+        self.shared.engine.close_tunnels();
+    }
+}
+
+/// One client: negotiation and request under one `handshake_timeout`, then the command.
+async fn serve_connection(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
+    let limit = shared.settings.handshake_timeout;
+    let deadline = Instant::now() + limit;
+    match timeout_at(deadline, wire::negotiate(&mut stream)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "greeting refused");
+            return;
+        }
+        Err(_elapsed) => {
+            tracing::debug!("greeting timed out");
+            return;
+        }
+    }
+    let request = match timeout_at(deadline, wire::read_request(&mut stream)).await {
+        Ok(Ok(request)) => request,
+        Ok(Err(error)) => return refuse(&mut stream, &error, limit).await,
+        Err(_elapsed) => return refuse(&mut stream, &Socks5Error::Timeout, limit).await,
+    };
+    match request.command {
+        Command::Connect => match request.target() {
+            Ok(target) => connect::handle(&shared, stream, peer, target).await,
+            Err(error) => refuse(&mut stream, &error, limit).await,
+        },
+        Command::UdpAssociate if shared.settings.enable_udp => {
+            udp::handle(&shared, stream, peer, &request.addr).await;
+        }
+        Command::UdpAssociate => {
+            tracing::debug!("udp associate refused: disabled");
+            let code = consts::SOCKS5_REPLY_COMMAND_NOT_SUPPORTED;
+            wire::send_reply(&mut stream, code, UNSPECIFIED, limit).await;
+        }
+    }
+}
+
+/// Answers a request that failed before any decision; nothing is recorded, as for a malformed
+/// HTTP request: there is no target to record.
+async fn refuse(stream: &mut TcpStream, error: &Socks5Error, limit: std::time::Duration) {
+    tracing::debug!(%error, "request refused");
+    wire::send_reply(stream, error.reply_code(), UNSPECIFIED, limit).await;
+}
