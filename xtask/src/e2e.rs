@@ -1,19 +1,38 @@
 //! `cargo xtask e2e`: the built `proxyd` binary, driven from outside by real clients.
 //!
-//! Each scenario gets the path of the release binary, starts it with its own temporary config,
-//! and asserts what a client sees (status codes, `x-proxy-error`) and that a canary listener was
-//! never reached for blocked cases. Adding a scenario is one entry in [`SCENARIOS`].
+//! Each scenario gets the path of the release binary, starts it with its own temporary config
+//! on ephemeral loopback ports, and asserts what a client sees (status codes, `x-proxy-error`,
+//! SOCKS5 replies) and that a canary listener was never reached for blocked cases. The clients
+//! are curl, Python's `urllib`, `git` and `pip`; the bypass suite writes raw bytes. Adding a
+//! scenario is one entry in [`scenarios`].
+
+mod allowed;
+mod blocked;
+mod bypass;
+mod clients;
+mod control;
+mod fixtures;
+mod proxyd;
+mod servers;
+mod support;
+mod wire;
 
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
 use crate::{cargo, run_output};
+
+/// Bound of one client scenario (each of its waits is bounded more tightly).
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Bound of one bypass group on one entry point.
+const BYPASS_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What every scenario gets from the runner.
 pub(crate) struct Env {
@@ -21,23 +40,59 @@ pub(crate) struct Env {
     pub(crate) proxyd: PathBuf,
 }
 
+type Body = dyn Fn(&Env) -> Result<()> + Send + Sync;
+
+/// A scenario written as a plain function.
+type ScenarioFn = fn(&Env) -> Result<()>;
+
 pub(crate) struct Scenario {
-    pub(crate) name: &'static str,
+    pub(crate) name: String,
     /// Upper bound for the whole scenario, so a hang fails in seconds instead of stalling ci.
     pub(crate) timeout: Duration,
-    pub(crate) run: fn(&Env) -> Result<()>,
+    pub(crate) run: Arc<Body>,
+}
+
+impl Scenario {
+    pub(crate) fn new(
+        name: impl Into<String>,
+        timeout: Duration,
+        run: impl Fn(&Env) -> Result<()> + Send + Sync + 'static,
+    ) -> Scenario {
+        Scenario { name: name.into(), timeout, run: Arc::new(run) }
+    }
 }
 
 /// Every end-to-end scenario, run in order.
-const SCENARIOS: &[Scenario] = &[];
+fn scenarios() -> Vec<Scenario> {
+    let client_scenarios: [(&str, ScenarioFn); 14] = [
+        ("allowlisted: curl -x absolute-form", allowed::curl_absolute_form),
+        ("allowlisted: curl --proxy-header", allowed::curl_proxy_header),
+        ("allowlisted: curl https via CONNECT, test CA", allowed::curl_https_connect),
+        ("allowlisted: curl --socks5 and --socks5-hostname", allowed::curl_socks5),
+        ("allowlisted: python urllib with proxy env", allowed::python_urllib),
+        ("allowlisted: git clone over http", allowed::git_clone_http),
+        ("allowlisted: pip download from a local index", allowed::pip_download_index),
+        ("denied", blocked::denied),
+        ("allowlist miss", blocked::allowlist_miss),
+        ("local blocked", blocked::local_blocked),
+        ("names that resolve to loopback", blocked::loopback_names),
+        ("limited mode", blocked::limited_mode),
+        ("admin mode switch and reload", control::admin_mode_and_reload),
+        ("SIGTERM drain", control::sigterm_drain),
+    ];
+    let mut all: Vec<Scenario> =
+        client_scenarios.into_iter().map(|(name, run)| Scenario::new(name, TIMEOUT, run)).collect();
+    all.extend(bypass::scenarios());
+    all
+}
 
 pub(crate) fn run() -> Result<()> {
     let env = Env { proxyd: build_proxyd()? };
     println!("e2e: binary {}", env.proxyd.display());
-    if SCENARIOS.is_empty() {
-        println!("e2e: no scenarios yet (the proxyd binary has no listeners yet)");
-    }
-    let summary = run_scenarios(Arc::new(env), SCENARIOS);
+    let start = Instant::now();
+    let summary = run_scenarios(Arc::new(env), &scenarios());
+    support::kill_leftovers();
+    println!("e2e: {:.1}s", start.elapsed().as_secs_f64());
     println!("{} passed, {} failed", summary.passed, summary.failed);
     if summary.failed > 0 {
         bail!("{} of {} e2e scenarios failed", summary.failed, summary.passed + summary.failed);
@@ -97,10 +152,9 @@ fn run_scenarios(env: Arc<Env>, scenarios: &[Scenario]) -> Summary {
 fn run_one(env: &Arc<Env>, scenario: &Scenario) -> Result<(), String> {
     let (tx, rx) = mpsc::channel();
     let env = Arc::clone(env);
-    let body = scenario.run;
-    let spawned = thread::Builder::new()
-        .name(scenario.name.to_owned())
-        .spawn(move || tx.send(body(&env)).ok());
+    let body = Arc::clone(&scenario.run);
+    let spawned =
+        thread::Builder::new().name(scenario.name.clone()).spawn(move || tx.send(body(&env)).ok());
     if let Err(err) = spawned {
         return Err(format!("could not spawn a thread: {err}"));
     }
@@ -138,8 +192,11 @@ mod tests {
         }
     }
 
-    fn scenario(name: &'static str, run: fn(&Env) -> Result<()>) -> Scenario {
-        Scenario { name, timeout: Duration::from_millis(200), run }
+    /// Only `hangs` ever waits for its timeout; the others get a generous one so a loaded
+    /// machine cannot turn a pass into a timeout.
+    fn scenario(name: &'static str, run: ScenarioFn) -> Scenario {
+        let timeout = if name == "hangs" { 200 } else { 10_000 };
+        Scenario::new(name, Duration::from_millis(timeout), run)
     }
 
     fn env() -> Arc<Env> {
@@ -159,13 +216,13 @@ mod tests {
 
     #[test]
     fn failure_reasons() {
-        let check = |run, want: Result<(), &str>| {
-            assert_eq!(run_one(&env(), &scenario("s", run)), want.map_err(str::to_owned));
+        let check = |name, run, want: Result<(), &str>| {
+            assert_eq!(run_one(&env(), &scenario(name, run)), want.map_err(str::to_owned));
         };
-        check(passes, Ok(()));
-        check(fails, Err("status 502, want 403"));
-        check(panics, Err("panicked"));
-        check(hangs, Err("timed out after 0.2s"));
+        check("passes", passes, Ok(()));
+        check("fails", fails, Err("status 502, want 403"));
+        check("panics", panics, Err("panicked"));
+        check("hangs", hangs, Err("timed out after 0.2s"));
     }
 
     #[test]

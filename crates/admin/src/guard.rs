@@ -108,7 +108,12 @@ fn origin_is_loopback(origin: &str) -> bool {
 /// `Authorization: Bearer TOKEN`, compared in constant time.
 fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
     let Some(value) = headers.get(header::AUTHORIZATION) else { return false };
-    let Some(given) = value.as_bytes().strip_prefix(b"Bearer ") else { return false };
+    // The scheme name is case-insensitive (RFC 9110 §11.1).
+    let value = value.as_bytes();
+    if value.len() < 7 || !value[..7].eq_ignore_ascii_case(b"bearer ") {
+        return false;
+    }
+    let given = &value[7..];
     let expected = token.as_bytes();
     given.len() == expected.len()
         && given.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
@@ -220,6 +225,20 @@ mod tests {
             "GET",
             "/config",
             &[host, ("authorization", "Basic s3cret")],
+            Some("s3cret"),
+            Err(Refusal::Token),
+        );
+        check_req(
+            "GET",
+            "/config",
+            &[host, ("authorization", "bearer s3cret")],
+            Some("s3cret"),
+            Ok(()),
+        );
+        check_req(
+            "GET",
+            "/config",
+            &[host, ("authorization", "Bearers3cret")],
             Some("s3cret"),
             Err(Refusal::Token),
         );

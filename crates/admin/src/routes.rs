@@ -27,10 +27,10 @@ pub(crate) async fn route(
         ("GET" | "HEAD", "/metrics") => text(StatusCode::OK, control.metrics()),
         ("POST", "/mode") => mode(control, body),
         ("POST", "/reload") => reload(control).await,
-        (
-            _,
-            "/health" | "/config" | "/patterns" | "/blocked" | "/metrics" | "/mode" | "/reload",
-        ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint"),
+        (_, "/health" | "/config" | "/patterns" | "/blocked" | "/metrics") => {
+            method_not_allowed("GET, HEAD")
+        }
+        (_, "/mode" | "/reload") => method_not_allowed("POST"),
         _ => error(StatusCode::NOT_FOUND, "no such endpoint"),
     }
 }
@@ -128,6 +128,13 @@ async fn reload(control: &dyn Control) -> Response<Body> {
             }),
         ),
     }
+}
+
+/// 405 with the `Allow` header RFC 9110 §15.5.6 requires.
+fn method_not_allowed(allow: &'static str) -> Response<Body> {
+    let mut response = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint");
+    response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+    response
 }
 
 pub(crate) fn error(status: StatusCode, message: &str) -> Response<Body> {

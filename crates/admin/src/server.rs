@@ -18,10 +18,15 @@ use tokio::sync::{Semaphore, watch};
 use crate::routes::{self, Body, MAX_BODY};
 use crate::{Control, guard};
 
+/// Longest wait for a request head on the admin listener.
+const MAX_HEAD_WAIT: Duration = Duration::from_secs(5);
+
 /// Admin listener settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub header_read_timeout: Duration,
+    /// How long a request in flight may go on after shutdown begins.
+    pub drain_timeout: Duration,
     /// `admin_token`: required as `Authorization: Bearer …` on every endpoint but `/health`.
     pub token: Option<String>,
     pub max_connections: usize,
@@ -99,7 +104,12 @@ impl AdminServer {
             async move { Ok::<_, Infallible>(shared.handle(req, own).await) }
         });
         let mut builder = http1::Builder::new();
-        builder.timer(TokioTimer::new()).header_read_timeout(self.settings.header_read_timeout);
+        // One request per connection, and a short head timeout: a few busy keep-alive clients
+        // must not be able to hold every slot and lock the user out of the kill switch.
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.settings.header_read_timeout.min(MAX_HEAD_WAIT))
+            .keep_alive(false);
         let conn = builder.serve_connection(TokioIo::new(stream), service);
         tokio::pin!(conn);
         let stopped = async move {
@@ -115,7 +125,7 @@ impl AdminServer {
             _ = stopped => {}
         }
         conn.as_mut().graceful_shutdown();
-        let _ = tokio::time::timeout(self.settings.header_read_timeout, conn).await;
+        let _ = tokio::time::timeout(self.settings.drain_timeout, conn).await;
     }
 
     async fn handle(&self, req: Request<Incoming>, own: SocketAddr) -> Response<Body> {

@@ -25,7 +25,9 @@ async fn main() -> anyhow::Result<()> {
             }
             NetworkDecision::deny("policy_denied")
         })
-        .blocked_observer(|entry| eprintln!("blocked {}:{} ({})", entry.host, entry.port, entry.reason))
+        .blocked_observer(|entry| {
+            eprintln!("blocked {}:{} ({})", entry.host, entry.port, entry.reason)
+        })
         .build()
         .await?;
     let handle = proxy.run().await?;

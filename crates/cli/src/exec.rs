@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::Path;
 
 use proxyd_admin::BlockedEntry;
 
@@ -60,6 +61,25 @@ pub fn proxy_env(
     env
 }
 
+/// With `mitm = true`: every variable through which common clients take their trusted roots
+/// (OpenSSL's `SSL_CERT_FILE`, curl, Python requests, pip, git, Node) pointed at `bundle`, the
+/// roots the child trusted anyway plus proxyd's CA. `NODE_EXTRA_CA_CERTS` adds to Node's own
+/// roots, the others replace the defaults, which is why the bundle carries them too.
+pub fn ca_env(bundle: &Path) -> Vec<(String, String)> {
+    let bundle = bundle.display().to_string();
+    [
+        "SSL_CERT_FILE",
+        "REQUESTS_CA_BUNDLE",
+        "NODE_EXTRA_CA_CERTS",
+        "PIP_CERT",
+        "GIT_SSL_CAINFO",
+        "CURL_CA_BUNDLE",
+    ]
+    .into_iter()
+    .map(|key| (key.to_owned(), bundle.clone()))
+    .collect()
+}
+
 /// Quotes a command line for display and for the decider's `command` (POSIX shell style).
 pub fn shell_join(args: &[String]) -> String {
     args.iter()
@@ -75,9 +95,10 @@ pub fn shell_join(args: &[String]) -> String {
         .join(" ")
 }
 
-/// A few lines for stderr: each blocked destination once, with its reason and count.
-pub fn blocked_summary(entries: &[BlockedEntry]) -> Option<String> {
-    if entries.is_empty() {
+/// A few lines for stderr: each blocked destination still in the log once, with its reason
+/// and count. `total` is the number ever blocked, which the bounded log may not all hold.
+pub fn blocked_summary(entries: &[BlockedEntry], total: u64) -> Option<String> {
+    if total == 0 {
         return None;
     }
     let mut counts: BTreeMap<(String, String, String), usize> = BTreeMap::new();
@@ -88,10 +109,14 @@ pub fn blocked_summary(entries: &[BlockedEntry]) -> Option<String> {
         };
         *counts.entry((target, entry.reason.clone(), entry.protocol.clone())).or_default() += 1;
     }
-    let mut out = format!("proxyd: blocked {} request(s):\n", entries.len());
+    let mut out = format!("proxyd: blocked {total} request(s):\n");
     for ((target, reason, protocol), count) in counts {
         let times = if count > 1 { format!(" ({count} times)") } else { String::new() };
         out.push_str(&format!("  {target} {reason} via {protocol}{times}\n"));
+    }
+    let older = total.saturating_sub(entries.len() as u64);
+    if older > 0 {
+        out.push_str(&format!("  ({older} older not shown: raise blocked_log_size)\n"));
     }
     Some(out)
 }
@@ -120,6 +145,46 @@ mod tests {
         assert_eq!(get("NO_PROXY"), Some("localhost,127.0.0.1,::1"));
         assert_eq!(get("all_proxy"), Some("http://127.0.0.1:4000"));
         assert_eq!(get("GIT_CONFIG_KEY_0"), Some("http.proxy"));
+    }
+
+    #[test]
+    fn ca_variables_point_at_the_bundle() {
+        let env = ca_env(Path::new("/c/bundle.pem"));
+        let keys: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "SSL_CERT_FILE",
+                "REQUESTS_CA_BUNDLE",
+                "NODE_EXTRA_CA_CERTS",
+                "PIP_CERT",
+                "GIT_SSL_CAINFO",
+                "CURL_CA_BUNDLE"
+            ]
+        );
+        assert!(env.iter().all(|(_, v)| v == "/c/bundle.pem"));
+    }
+
+    #[test]
+    fn summary_counts_what_the_ring_dropped() {
+        let entry = |host: &str| BlockedEntry {
+            id: 0,
+            timestamp: String::new(),
+            host: host.into(),
+            port: 80,
+            protocol: "http".into(),
+            method: Some("GET".into()),
+            reason: "not_allowed".into(),
+            client: None,
+            mode: "full".into(),
+        };
+        assert_eq!(blocked_summary(&[], 0), None);
+        let summary = blocked_summary(&[entry("c.test"), entry("c.test")], 3).expect("summary");
+        assert_eq!(
+            summary,
+            "proxyd: blocked 3 request(s):\n  c.test:80 not_allowed via http (2 times)\n  \
+             (1 older not shown: raise blocked_log_size)\n"
+        );
     }
 
     #[test]

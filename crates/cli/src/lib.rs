@@ -6,7 +6,11 @@
 //! and keeps the live state the admin API reads and changes (`live.rs`: config in force,
 //! reloads, blocked log, metrics). Global state (the tracing subscriber, the rustls crypto
 //! provider, signal handlers) is installed by the binary in `main.rs`, never by the library.
+//! With `mitm = true` the proxy makes its interception CA in memory when it is built
+//! ([`NetworkProxy::ca_cert_pem`]); `ca.rs` writes the certificate and `proxyd exec`'s trust
+//! bundle, never the key.
 
+pub mod ca;
 mod decider;
 pub mod exec;
 mod live;

@@ -31,6 +31,7 @@ pub(crate) struct Live {
     observer: Option<mpsc::Sender<BlockedEntry>>,
     listeners: RwLock<Vec<(String, SocketAddr, Connections)>>,
     tunnels: RwLock<Vec<(String, Connections)>>,
+    reload_lock: std::sync::Mutex<()>,
 }
 
 impl Live {
@@ -58,6 +59,7 @@ impl Live {
             observer,
             listeners: RwLock::new(Vec::new()),
             tunnels: RwLock::new(Vec::new()),
+            reload_lock: std::sync::Mutex::new(()),
         }
     }
 
@@ -76,6 +78,9 @@ impl Live {
 
     /// Re-reads every source; applies the policy and mode, keeps the old config on any error.
     pub(crate) fn reload_now(&self) -> Result<Vec<String>, ReloadError> {
+        // One reload at a time: SIGHUP and `POST /reload` racing must not apply an older file
+        // last. Loading is synchronous file reading; nothing here awaits.
+        let _serial = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
         let Some(sources) = &self.sources else {
             self.metrics.reload("error");
             let why = "this proxy was given its config directly: there are no sources to re-read";
@@ -101,9 +106,14 @@ impl Live {
 
     /// Applies a validated config that passed the restart check.
     pub(crate) fn apply(&self, old: &Config, new: Config) -> Result<Vec<String>, ReloadError> {
+        // A mode switched at runtime stays unless the config's own mode changed. The stricter
+        // half goes first, so no request is decided under the new lists in the old, laxer mode.
+        let mode_changed = new.mode != old.mode;
+        if mode_changed && new.mode == Mode::Limited {
+            self.engine.set_mode(new.mode);
+        }
         self.engine.set_policy(new.policy());
-        // A mode switched at runtime stays unless the config's own mode changed.
-        if new.mode != old.mode {
+        if mode_changed && new.mode == Mode::Full {
             self.engine.set_mode(new.mode);
         }
         let pending = pending_restart(old, &new);
@@ -119,7 +129,7 @@ impl Live {
 
 /// Keys whose new values only a restart applies (they are baked into running listeners).
 fn pending_restart(old: &Config, new: &Config) -> Vec<String> {
-    let keys: [(&str, bool); 10] = [
+    let keys: [(&str, bool); 12] = [
         ("connect_timeout", old.connect_timeout != new.connect_timeout),
         ("dns_timeout", old.dns_timeout != new.dns_timeout),
         ("header_read_timeout", old.header_read_timeout != new.header_read_timeout),
@@ -130,12 +140,19 @@ fn pending_restart(old: &Config, new: &Config) -> Vec<String> {
         ("blocked_log_size", old.blocked_log_size != new.blocked_log_size),
         ("allow_upstream_proxy", old.allow_upstream_proxy != new.allow_upstream_proxy),
         ("allow_unix_sockets", old.allow_unix_sockets != new.allow_unix_sockets),
+        ("mitm", old.mitm != new.mitm),
+        ("ca_dir", old.ca_dir != new.ca_dir),
     ];
     let mut pending: Vec<String> =
         keys.iter().filter(|(_, changed)| *changed).map(|(key, _)| (*key).to_owned()).collect();
     if old.admin_token.as_ref().map(|t| t.as_str()) != new.admin_token.as_ref().map(|t| t.as_str())
     {
         pending.push("admin_token".to_owned());
+    }
+    // The new allowlist applies at once; the interception CA keeps the name constraints it
+    // was made with, so names it does not cover are refused (`mitm_ca_scope`) until a restart.
+    if old.mitm && old.allowed_domains() != new.allowed_domains() {
+        pending.push("allowed_domains (interception ca name constraints)".to_owned());
     }
     pending
 }

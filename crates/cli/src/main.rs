@@ -40,6 +40,22 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         command: Vec<String>,
     },
+    /// The interception CA of limited-mode HTTPS (`network.mitm = true`).
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Print the path where a running proxyd writes its CA certificate.
+    Path,
+    /// Write the running proxyd's CA certificate (PEM) to FILE, or to stdout.
+    Export {
+        /// Where to write it; stdout when absent.
+        file: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -79,6 +95,7 @@ fn main() -> ExitCode {
         Some(Command::Exec { command }) => {
             runtime().and_then(|rt| rt.block_on(exec(sources, config, command)))
         }
+        Some(Command::Ca { command }) => ca(&config, command).map(|()| ExitCode::SUCCESS),
         None if !config.enabled => {
             tracing::info!("network.enabled is false: proxyd binds nothing and exits");
             return ExitCode::SUCCESS;
@@ -118,11 +135,42 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the tokio runtime")
 }
 
+/// `proxyd ca path|export`: the certificate a running proxyd wrote to `ca_dir`.
+fn ca(config: &Config, command: CaCommand) -> anyhow::Result<()> {
+    let Some(dir) = &config.ca_dir else {
+        anyhow::bail!("network.ca_dir is not set, and neither CODEX_HOME nor HOME is");
+    };
+    let path = proxyd::ca::cert_path(dir);
+    match command {
+        CaCommand::Path => println!("{}", path.display()),
+        CaCommand::Export { file } => {
+            let pem = std::fs::read_to_string(&path).with_context(|| {
+                format!(
+                    "reading {} (proxyd writes it when it starts with network.mitm = true)",
+                    path.display()
+                )
+            })?;
+            match file {
+                Some(file) => std::fs::write(&file, pem)
+                    .with_context(|| format!("writing {}", file.display()))?,
+                None => print!("{pem}"),
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn serve(sources: Sources, config: Config) -> anyhow::Result<()> {
     // Before anything is bound or logged: a supervisor may signal as soon as it reads the
     // `listening` line, and an uncaught SIGTERM would kill the process without draining.
     let mut signals = Signals::install()?;
+    let ca_dir = config.ca_dir.clone();
     let proxy = NetworkProxy::builder().config(config).sources(sources).build().await?;
+    // Clients of a long-running proxyd read the CA here; it changes at every start.
+    if let (Some(pem), Some(dir)) = (proxy.ca_cert_pem(), &ca_dir) {
+        let path = proxyd::ca::write_cert(dir, &pem)?;
+        tracing::info!(path = %path.display(), "interception ca certificate written");
+    }
     let handle = proxy.run().await?;
     // SIGHUP reloads; SIGINT or SIGTERM stops.
     while let Signal::Hangup = signals.wait().await {
@@ -149,31 +197,70 @@ async fn exec(sources: Sources, config: Config, command: Vec<String>) -> anyhow:
     let mut signals = Signals::install()?;
     let loopback: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
     let allow_local_binding = config.allow_local_binding;
+    let ca_dir = config.ca_dir.clone();
     let proxy = NetworkProxy::builder()
         .config(config)
         .sources(sources)
         .http_addr(loopback)
         .socks_addr(loopback)
-        .admin_addr(loopback)
+        .without_admin()
         .command(proxyd::exec::shell_join(&command))
         .build()
         .await?;
+    // The child trusts this run's CA through its own bundle; `ca_dir/ca.pem` stays the
+    // long-running proxyd's.
+    let bundle = match (proxy.ca_cert_pem(), &ca_dir) {
+        (Some(pem), Some(dir)) => {
+            Some(proxyd::ca::write_bundle(dir, &pem, |k| std::env::var(k).ok())?)
+        }
+        _ => None,
+    };
     let handle = proxy.run().await?;
     let Some(http) = handle.http_addr() else {
         anyhow::bail!("network.enabled is false: there is no proxy to run the command behind");
     };
-    let env = proxyd::exec::proxy_env(http, handle.socks_addr(), allow_local_binding, |k| {
+    let mut env = proxyd::exec::proxy_env(http, handle.socks_addr(), allow_local_binding, |k| {
         std::env::var(k).ok()
     });
-    let mut child = tokio::process::Command::new(&command[0])
+    env.extend(bundle.as_deref().map(proxyd::exec::ca_env).unwrap_or_default());
+    let spawned = tokio::process::Command::new(&command[0])
         .args(&command[1..])
         .envs(env)
         .kill_on_drop(true)
         .spawn()
-        .with_context(|| format!("starting {}", command[0]))?;
-    let status = loop {
+        .with_context(|| format!("starting {}", command[0]));
+    let status = match spawned {
+        Ok(child) => wait_child(child, &mut signals, &handle).await,
+        Err(err) => Err(err),
+    };
+    if let Some(bundle) = &bundle {
+        let _ = std::fs::remove_file(bundle);
+    }
+    let status = status?;
+    if let Some(summary) = proxyd::exec::blocked_summary(&handle.blocked(), handle.blocked_total())
+    {
+        eprint!("{summary}");
+    }
+    handle.shutdown().await?;
+    let code = match status.code() {
+        Some(code) => u8::try_from(code).unwrap_or(1),
+        None => {
+            use std::os::unix::process::ExitStatusExt as _;
+            128u8.saturating_add(u8::try_from(status.signal().unwrap_or(0)).unwrap_or(0))
+        }
+    };
+    Ok(ExitCode::from(code))
+}
+
+/// Waits for `proxyd exec`'s child, reloading on SIGHUP and passing SIGTERM on as a kill.
+async fn wait_child(
+    mut child: tokio::process::Child,
+    signals: &mut Signals,
+    handle: &proxyd::NetworkProxyHandle,
+) -> anyhow::Result<std::process::ExitStatus> {
+    loop {
         tokio::select! {
-            status = child.wait() => break status.context("waiting for the command")?,
+            status = child.wait() => return status.context("waiting for the command"),
             signal = signals.wait() => match signal {
                 Signal::Hangup => {
                     if let Err(err) = handle.reload().await {
@@ -186,19 +273,7 @@ async fn exec(sources: Sources, config: Config, command: Vec<String>) -> anyhow:
                 }
             },
         }
-    };
-    if let Some(summary) = proxyd::exec::blocked_summary(&handle.blocked()) {
-        eprint!("{summary}");
     }
-    handle.shutdown().await?;
-    let code = match status.code() {
-        Some(code) => u8::try_from(code).unwrap_or(1),
-        None => {
-            use std::os::unix::process::ExitStatusExt as _;
-            128u8.saturating_add(u8::try_from(status.signal().unwrap_or(0)).unwrap_or(0))
-        }
-    };
-    Ok(ExitCode::from(code))
 }
 
 enum Signal {

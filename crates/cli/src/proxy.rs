@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use proxyd_admin::{AdminServer, BlockedEntry, ReloadError};
 use proxyd_config::{Config, Sources};
-use proxyd_http_proxy::{HttpProxy, UpstreamProxies};
+use proxyd_http_proxy::{CaScope, HttpProxy, InterceptCa, UpstreamProxies};
 use proxyd_net::{Dialer, Engine, Resolver, SystemResolver};
 use proxyd_policy::Mode;
 use proxyd_socks5::Socks5Proxy;
@@ -27,6 +27,7 @@ pub struct NetworkProxyBuilder {
     http_addr: Option<SocketAddr>,
     socks_addr: Option<SocketAddr>,
     admin_addr: Option<SocketAddr>,
+    without_admin: bool,
     resolver: Option<Arc<dyn Resolver>>,
     decider: Option<Arc<dyn NetworkPolicyDecider>>,
     observer: Option<BlockedObserver>,
@@ -64,6 +65,14 @@ impl NetworkProxyBuilder {
     /// Overrides the admin listener address.
     pub fn admin_addr(mut self, addr: SocketAddr) -> Self {
         self.admin_addr = Some(addr);
+        self
+    }
+
+    /// Binds no admin listener. `proxyd exec` uses this: the admin API has no per-client
+    /// authentication, and the confined command could otherwise find its port and switch the
+    /// mode or reload.
+    pub fn without_admin(mut self) -> Self {
+        self.without_admin = true;
         self
     }
 
@@ -118,7 +127,7 @@ impl NetworkProxyBuilder {
             (None, None) => Config::default(),
         };
         if !config.enabled {
-            return Ok(NetworkProxy { bound: None, config });
+            return Ok(NetworkProxy { bound: None, config, ca: None });
         }
         let resolver = self.resolver.unwrap_or_else(|| Arc::new(SystemResolver));
         let dialer = Dialer::new(resolver, config.dns_timeout, config.connect_timeout);
@@ -129,12 +138,31 @@ impl NetworkProxyBuilder {
             true => Some(bind("socks5", self.socks_addr.unwrap_or(config.socks_addr)).await?),
             false => None,
         };
-        let admin = bind("admin", self.admin_addr.unwrap_or(config.admin_addr)).await?;
+        let admin = match self.without_admin {
+            true => None,
+            false => Some(bind("admin", self.admin_addr.unwrap_or(config.admin_addr)).await?),
+        };
         // proxyd never proxies to itself, admin listener included (SPEC §7.1, §8.3).
-        let mut own = vec![http.1, admin.1];
+        let mut own = vec![http.1];
+        own.extend(admin.as_ref().map(|a| a.1));
         own.extend(socks.as_ref().map(|s| s.1));
         dialer.set_own_listeners(own);
 
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        // Made whatever the mode, as the mode can switch to limited at runtime. The name
+        // constraints follow the allowlist, unless a decider may allow names beyond it.
+        let ca = match config.mitm {
+            true => {
+                let scope = match self.decider.is_some() {
+                    true => CaScope::Everything,
+                    false => CaScope::from_patterns(config.policy().allowed.patterns()),
+                };
+                let ca = InterceptCa::generate(scope, provider.clone())
+                    .context("making the interception ca")?;
+                Some(Arc::new(ca))
+            }
+            false => None,
+        };
         let mut engine = Engine::builder(config.policy(), config.mode, dialer);
         if let Some(decider) = self.decider {
             let adapter =
@@ -150,7 +178,6 @@ impl NetworkProxyBuilder {
 
         let extra_ca =
             self.extra_ca_file.or_else(|| std::env::var_os("SSL_CERT_FILE").map(PathBuf::from));
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = proxyd_http_proxy::client_config(provider, extra_ca.as_deref())
             .context("building the tls client configuration")?;
         let upstream = match config.allow_upstream_proxy {
@@ -167,6 +194,7 @@ impl NetworkProxyBuilder {
                 tls: Arc::new(tls),
                 upstream,
                 unix_sockets: config.allow_unix_sockets.clone(),
+                mitm: ca.clone(),
             },
         );
         live.add_listener("http", http.1, http_proxy.connections());
@@ -186,23 +214,23 @@ impl NetworkProxyBuilder {
             live.add_tunnels("socks5", proxy.tunnels());
             (listener, addr, proxy)
         });
-        live.add_listener("admin", admin.1, proxyd_net::Connections::new());
-        let admin_server = AdminServer::new(
-            live.clone(),
-            proxyd_admin::Settings {
-                header_read_timeout: config.header_read_timeout,
-                token: config.admin_token.as_ref().map(|t| t.as_str().to_owned()),
-                max_connections: 64,
-            },
-        );
+        let admin = admin.map(|(listener, addr)| {
+            live.add_listener("admin", addr, proxyd_net::Connections::new());
+            let server = AdminServer::new(
+                live.clone(),
+                proxyd_admin::Settings {
+                    header_read_timeout: config.header_read_timeout,
+                    drain_timeout: config.drain_timeout,
+                    token: config.admin_token.as_ref().map(|t| t.as_str().to_owned()),
+                    max_connections: 256,
+                },
+            );
+            (listener, addr, server)
+        });
         Ok(NetworkProxy {
-            bound: Some(Bound {
-                live,
-                http: (http.0, http.1, http_proxy),
-                socks,
-                admin: (admin.0, admin.1, admin_server),
-            }),
+            bound: Some(Bound { live, http: (http.0, http.1, http_proxy), socks, admin }),
             config,
+            ca,
         })
     }
 }
@@ -243,13 +271,14 @@ struct Bound {
     live: Arc<Live>,
     http: (TcpListener, SocketAddr, HttpProxy),
     socks: Option<(TcpListener, SocketAddr, Socks5Proxy)>,
-    admin: (TcpListener, SocketAddr, AdminServer),
+    admin: Option<(TcpListener, SocketAddr, AdminServer)>,
 }
 
 /// A proxy whose listeners are bound but not yet serving.
 pub struct NetworkProxy {
     bound: Option<Bound>,
     config: Config,
+    ca: Option<Arc<InterceptCa>>,
 }
 
 impl NetworkProxy {
@@ -262,12 +291,20 @@ impl NetworkProxy {
         &self.config
     }
 
+    /// With `mitm = true`: the interception CA's certificate (PEM), which clients must trust
+    /// for limited-mode HTTPS. The CA is made in memory at build time and its key never leaves
+    /// the process; see [`crate::ca`] to write the certificate or a trust bundle.
+    pub fn ca_cert_pem(&self) -> Option<String> {
+        self.ca.as_ref().map(|ca| ca.cert_pem())
+    }
+
     /// Starts serving; returns at once with the handle.
     pub async fn run(self) -> anyhow::Result<NetworkProxyHandle> {
         let (stop, stopping) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let Some(bound) = self.bound else {
-            return Ok(NetworkProxyHandle { live: None, addrs: Addrs::default(), stop, tasks });
+            let addrs = Addrs::default();
+            return Ok(NetworkProxyHandle { live: None, addrs, ca: None, stop, tasks });
         };
         let (listener, http_addr, http) = bound.http;
         tracing::info!(listener = "http", addr = %http_addr, "listening");
@@ -279,11 +316,13 @@ impl NetworkProxy {
             tasks.spawn(async move { socks.serve(listener, rx).await });
             addr
         });
-        let (listener, admin_addr, admin) = bound.admin;
-        tracing::info!(listener = "admin", addr = %admin_addr, "listening");
-        tasks.spawn(async move { admin.serve(listener, stopping).await });
-        let addrs = Addrs { http: Some(http_addr), socks: socks_addr, admin: Some(admin_addr) };
-        Ok(NetworkProxyHandle { live: Some(bound.live), addrs, stop, tasks })
+        let admin_addr = bound.admin.map(|(listener, addr, admin)| {
+            tracing::info!(listener = "admin", addr = %addr, "listening");
+            tasks.spawn(async move { admin.serve(listener, stopping).await });
+            addr
+        });
+        let addrs = Addrs { http: Some(http_addr), socks: socks_addr, admin: admin_addr };
+        Ok(NetworkProxyHandle { live: Some(bound.live), addrs, ca: self.ca, stop, tasks })
     }
 }
 
@@ -298,6 +337,7 @@ struct Addrs {
 pub struct NetworkProxyHandle {
     live: Option<Arc<Live>>,
     addrs: Addrs,
+    ca: Option<Arc<InterceptCa>>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -313,9 +353,14 @@ impl NetworkProxyHandle {
         self.addrs.socks
     }
 
-    /// The bound admin API address.
+    /// The bound admin API address (`None` when built [`without_admin`](NetworkProxyBuilder::without_admin)).
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.addrs.admin
+    }
+
+    /// With `mitm = true`: the interception CA's certificate (PEM).
+    pub fn ca_cert_pem(&self) -> Option<String> {
+        self.ca.as_ref().map(|ca| ca.cert_pem())
     }
 
     /// The current mode.
@@ -343,6 +388,11 @@ impl NetworkProxyHandle {
     /// The blocked log, oldest first.
     pub fn blocked(&self) -> Vec<BlockedEntry> {
         self.live.as_ref().map(|live| live.blocked.entries()).unwrap_or_default()
+    }
+
+    /// How many requests were blocked since start, including those the bounded log dropped.
+    pub fn blocked_total(&self) -> u64 {
+        self.live.as_ref().map(|live| live.blocked.total()).unwrap_or_default()
     }
 
     /// Stops accepting, lets in-flight requests finish, and closes tunnels and UDP

@@ -54,6 +54,12 @@ pub struct Config {
     /// error).
     pub admin_token: Option<AdminToken>,
     pub admin_token_file: Option<PathBuf>,
+    /// Limited-mode TLS interception: a `CONNECT` to an allowed host is terminated with a
+    /// certificate from proxyd's local CA, and every request inside is decided on its own.
+    pub mitm: bool,
+    /// Where the interception CA's certificate is written; `$CODEX_HOME/proxy` by default
+    /// (`CODEX_HOME` defaults to `~/.codex`). `None` when neither variable is set.
+    pub ca_dir: Option<PathBuf>,
     /// What was adjusted rather than refused (listener clamping), for the caller to log.
     pub warnings: Vec<String>,
     /// The keys set by some source; the others are defaults.
@@ -107,6 +113,8 @@ impl Default for Config {
             blocked_log_size: 200,
             admin_token: None,
             admin_token_file: None,
+            mitm: false,
+            ca_dir: sources::default_ca_dir(|name| std::env::var_os(name)),
             warnings: Vec::new(),
             origins: BTreeMap::new(),
             compiled: Compiled::default(),
@@ -197,6 +205,11 @@ impl Config {
     fn finish(mut self, mut errors: Vec<ConfigError>) -> Result<Config, ConfigErrors> {
         if let Err(err) = self.read_token_file() {
             errors.push(err);
+        }
+        if self.mitm && self.ca_dir.is_none() {
+            let reason = "needs network.ca_dir: neither CODEX_HOME nor HOME is set".to_owned();
+            let kind = ErrorKind::Invalid { key: "mitm", reason };
+            errors.push(ConfigError::new(self.origin("mitm").location(), kind));
         }
         self.clamp_listeners();
         let allowed = PatternSet::compile(&self.allowed_domains, ListKind::Allowed);
@@ -308,5 +321,23 @@ impl AdminToken {
 impl fmt::Debug for AdminToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mitm_needs_a_ca_dir() {
+        let config = Config { mitm: true, ca_dir: None, ..Config::default() };
+        let errors = config.finish(Vec::new()).expect_err("mitm without ca_dir");
+        assert_eq!(
+            errors.to_string(),
+            "config: network.mitm: needs network.ca_dir: neither CODEX_HOME nor HOME is set"
+        );
+        let config = Config { mitm: true, ca_dir: Some("/ca".into()), ..Config::default() };
+        assert!(config.finish(Vec::new()).is_ok());
+        assert!(Config { ca_dir: None, ..Config::default() }.finish(Vec::new()).is_ok());
     }
 }

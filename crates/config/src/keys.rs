@@ -50,6 +50,8 @@ pub(crate) const KEYS: &[(&str, Apply)] = &[
     ("blocked_log_size", |c, i| set(&mut c.blocked_log_size, i.count(MAX_BLOCKED_LOG))),
     ("admin_token", |c, i| set(&mut c.admin_token, i.token())),
     ("admin_token_file", |c, i| set(&mut c.admin_token_file, i.optional_path())),
+    ("mitm", |c, i| set(&mut c.mitm, i.bool())),
+    ("ca_dir", |c, i| set(&mut c.ca_dir, i.dir().map(Some))),
 ];
 
 /// Upper bounds that catch typos (an extra digit or three) before they become memory use.
@@ -231,6 +233,14 @@ impl Input<'_> {
         AdminToken::new(text).map(Some).map_err(|reason| self.invalid(self.value.span(), reason))
     }
 
+    /// `ca_dir`: a directory, relative like [`Input::optional_path`]; empty names nothing.
+    fn dir(&self) -> Result<PathBuf, Errors> {
+        match self.optional_path()? {
+            Some(dir) => Ok(dir),
+            None => Err(self.invalid(self.value.span(), "an empty path names no directory")),
+        }
+    }
+
     /// `admin_token_file`: a relative path is relative to the directory of the file that
     /// names it (as `-c` has no file, relative to the working directory); empty means unset.
     fn optional_path(&self) -> Result<Option<PathBuf>, Errors> {
@@ -265,6 +275,8 @@ mod tests {
         check("enable_socks", Some("enable_socks5"));
         check("conect_timeout", Some("connect_timeout"));
         check("admin_tokn", Some("admin_token"));
+        check("mitn", Some("mitm"));
+        check("ca_dirs", Some("ca_dir"));
         check("completely_unrelated", None);
         check("x", None);
     }

@@ -97,6 +97,10 @@ fn list<T: AsRef<std::path::Path>>(items: &[T]) -> Value {
     Value::List(items.iter().map(|p| p.as_ref().display().to_string()).collect())
 }
 
+fn path(path: &std::path::Path) -> Value {
+    Value::String(path.display().to_string())
+}
+
 fn count(n: usize) -> Value {
     Value::Integer(u64::try_from(n).unwrap_or(u64::MAX))
 }
@@ -144,6 +148,8 @@ impl Config {
             ("blocked_log_size", count(self.blocked_log_size)),
             ("admin_token", token),
             ("admin_token_file", token_file),
+            ("mitm", Value::Bool(self.mitm)),
+            ("ca_dir", self.ca_dir.as_ref().map_or(Value::Unset, |dir| path(dir))),
         ];
         values
             .into_iter()

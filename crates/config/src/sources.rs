@@ -47,8 +47,7 @@ impl Sources {
         overrides: Vec<String>,
         env: impl Fn(&str) -> Option<OsString>,
     ) -> Sources {
-        let var = |name: &str| env(name).filter(|value| !value.is_empty()).map(PathBuf::from);
-        let codex_home = var("CODEX_HOME").or_else(|| var("HOME").map(|home| home.join(".codex")));
+        let codex_home = codex_home(env);
         Sources {
             system: Some(PathBuf::from(SYSTEM_CONFIG)),
             user: codex_home.map(|home| home.join("config.toml")),
@@ -56,6 +55,17 @@ impl Sources {
             overrides,
         }
     }
+}
+
+/// `$CODEX_HOME`, or `$HOME/.codex`; an empty variable counts as unset.
+fn codex_home(env: impl Fn(&str) -> Option<OsString>) -> Option<PathBuf> {
+    let var = |name: &str| env(name).filter(|value| !value.is_empty()).map(PathBuf::from);
+    var("CODEX_HOME").or_else(|| var("HOME").map(|home| home.join(".codex")))
+}
+
+/// The default `ca_dir`: `$CODEX_HOME/proxy`.
+pub(crate) fn default_ca_dir(env: impl Fn(&str) -> Option<OsString>) -> Option<PathBuf> {
+    codex_home(env).map(|home| home.join("proxy"))
 }
 
 /// The source a value is being read from, to turn spans into origins and locations.
@@ -194,6 +204,17 @@ mod tests {
         check(&[("HOME", "/h")], Some("/h/.codex/config.toml"));
         check(&[("CODEX_HOME", ""), ("HOME", "/h")], Some("/h/.codex/config.toml"));
         check(&[("HOME", "")], None);
+        check(&[], None);
+    }
+
+    #[test]
+    fn default_ca_dir_is_under_codex_home() {
+        let check = |vars: &[(&str, &str)], expected: Option<&str>| {
+            assert_eq!(default_ca_dir(env(vars)), expected.map(PathBuf::from), "env {vars:?}");
+        };
+        check(&[("CODEX_HOME", "/c"), ("HOME", "/h")], Some("/c/proxy"));
+        check(&[("HOME", "/h")], Some("/h/.codex/proxy"));
+        check(&[("CODEX_HOME", ""), ("HOME", "/h")], Some("/h/.codex/proxy"));
         check(&[], None);
     }
 

@@ -1,22 +1,23 @@
 //! `CONNECT` tunnels (SPEC §7.3): decide, dial, and only then answer 200.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use proxyd_net::{Attempt, Connected, Connections, Outcome, splice};
-use proxyd_policy::{Decision, Protocol, SideDoors, Target};
+use proxyd_policy::{Decision, Mode, Protocol, SideDoors, Target};
 
 use crate::origin::{self, Failure};
 use crate::respond::{self, Blocked};
 use crate::server::{Shared, refuse, track_tunnel};
-use crate::{Body, headers};
+use crate::{Body, headers, mitm};
 
 /// Answers a `CONNECT`. Anything but a 200 also closes the connection: bytes the client
 /// pipelined after the head were meant for the tunnel and must not be read as new requests.
 pub(crate) async fn handle(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     peer: SocketAddr,
     req: Request<Incoming>,
     tunnels: &Connections,
@@ -29,7 +30,7 @@ pub(crate) async fn handle(
 }
 
 async fn open_tunnel(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     peer: SocketAddr,
     mut req: Request<Incoming>,
     tunnels: &Connections,
@@ -54,15 +55,26 @@ async fn open_tunnel(
             ..SideDoors::default()
         },
     };
+    let mode = engine.mode();
     let cx = Blocked {
         target: &target,
         protocol: Protocol::HttpConnect.as_str(),
         method: "CONNECT",
-        mode: engine.mode(),
+        mode,
     };
-    if let Decision::Block(reason) = engine.decide(&attempt).await {
+    // Limited mode with `mitm`: proxyd terminates the tunnel and decides every request inside
+    // it again (mitm.rs), so the tunnel is not opaque. In full mode a tunnel stays a tunnel.
+    let intercept = shared.settings.mitm.clone().filter(|_| mode == Mode::Limited);
+    let decision = match intercept {
+        Some(_) => engine.decide_inspected(&attempt).await,
+        None => engine.decide(&attempt).await,
+    };
+    if let Decision::Block(reason) = decision {
         engine.record(engine.event(&attempt, Outcome::Blocked(reason.clone())));
         return respond::blocked(&reason, &cx);
+    }
+    if let Some(ca) = intercept {
+        return mitm::open(shared, ca, peer, req, target, tunnels).await;
     }
     let connected = match shared.settings.upstream.for_target(true, &target) {
         // Through the upstream proxy: it resolves the name (SPEC §7.6).

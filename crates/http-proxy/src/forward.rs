@@ -16,16 +16,28 @@ use crate::respond::{self, Blocked};
 use crate::server::{Shared, track_tunnel};
 use crate::{Body, BoxError, headers};
 
+/// Longest method accepted (the registered ones are at most 17 bytes).
+const MAX_METHOD_LEN: usize = 32;
+
 pub(crate) async fn handle(
     shared: &Shared,
     peer: SocketAddr,
     req: Request<Incoming>,
     tunnels: &Connections,
 ) -> Response<Body> {
+    // Methods are short tokens; a long one would be copied into every log line, event and
+    // blocked-log entry, so it is refused before anything is decided or recorded.
+    if req.method().as_str().len() > MAX_METHOD_LEN {
+        return respond::bad_request("method too long");
+    }
     let url = match Target::parse_absolute_url(&req.uri().to_string()) {
         Ok(url) => url,
         Err(err) => return respond::malformed(&err),
     };
+    // RFC 9112 §3.2: more than one Host header is a 400, whatever they say.
+    if req.headers().get_all(header::HOST).iter().count() > 1 {
+        return respond::bad_request("more than one host header");
+    }
     if let Some(host) = req.headers().get(header::HOST) {
         let agrees = host
             .to_str()

@@ -8,6 +8,9 @@
 //!   socket (SPEC §7.6, §7.7); `pool`: reuse of direct ones;
 //! - `upstream`: the upstream proxy settings from the environment and `NO_PROXY`;
 //! - `connect`: `CONNECT` tunnels (SPEC §7.3);
+//! - `mitm`: limited-mode TLS interception (`mitm = true`): a `CONNECT` terminated with a leaf
+//!   from `ca` (the in-memory interception CA and its bounded leaf cache), every request
+//!   inside decided again and forwarded like an `https://` request;
 //! - `headers`: hop-by-hop removal, `Via`, limited-mode side doors;
 //! - `idle`: the idle clock of keep-alive client connections;
 //! - `respond`: blocked and error responses (SPEC §6.1);
@@ -17,10 +20,12 @@
 //! `proxyd_policy::Target`'s parser and [`proxyd_net::Engine`], and every connection through
 //! the `proxyd_net` dialler. It installs no global state.
 
+mod ca;
 mod connect;
 mod forward;
 mod headers;
 mod idle;
+mod mitm;
 mod origin;
 mod pool;
 mod respond;
@@ -33,6 +38,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 
+pub use ca::{CaError, CaScope, InterceptCa, LEAF_CACHE_SIZE};
 pub use server::HttpProxy;
 pub use tls::client_config;
 pub use upstream::UpstreamProxies;
@@ -53,4 +59,7 @@ pub struct Settings {
     pub upstream: UpstreamProxies,
     /// `allow_unix_sockets`.
     pub unix_sockets: Vec<std::path::PathBuf>,
+    /// `mitm = true`: the CA that terminates `CONNECT` tunnels in limited mode. `None` keeps
+    /// limited mode refusing every `CONNECT` (SPEC §6.2).
+    pub mitm: Option<std::sync::Arc<InterceptCa>>,
 }

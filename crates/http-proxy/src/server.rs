@@ -27,8 +27,11 @@ pub(crate) struct Shared {
     pub(crate) connections: Connections,
     /// Upgraded connections and tunnels, which hyper's graceful shutdown does not see.
     pub(crate) tunnels: Connections,
+    /// Turns true when the listener stops accepting: intercepted tunnels then finish their
+    /// request in flight and close, like client connections.
+    pub(crate) stopping: watch::Sender<bool>,
     /// Turns true when a drain ends: client connections still open are closed then.
-    drained: watch::Sender<bool>,
+    pub(crate) drained: watch::Sender<bool>,
 }
 
 /// The HTTP proxy listener.
@@ -47,6 +50,7 @@ impl HttpProxy {
             tls,
             connections: Connections::new(),
             tunnels: Connections::new(),
+            stopping: watch::Sender::new(false),
             drained: watch::Sender::new(false),
         };
         HttpProxy { shared: Arc::new(shared) }
@@ -82,6 +86,7 @@ impl HttpProxy {
             handler,
         )
         .await;
+        self.shared.stopping.send_replace(true);
         let drain = self.shared.settings.drain_timeout;
         let drained = async {
             connections.wait_idle().await;

@@ -110,6 +110,9 @@ pub struct Engine {
 struct Inner {
     policy: RwLock<Arc<Policy>>,
     mode: watch::Sender<Mode>,
+    /// Bumped on every switch from full to limited: an open tunnel closes when it changes,
+    /// however briefly the mode stayed limited.
+    limited_epoch: watch::Sender<u64>,
     closing: watch::Sender<bool>,
     dialer: Dialer,
     decider: Option<(Arc<dyn Decider>, Duration)>,
@@ -141,7 +144,10 @@ impl Engine {
 
     /// Switches the mode for the next request; a switch to limited closes open tunnels.
     pub fn set_mode(&self, mode: Mode) {
-        self.inner.mode.send_replace(mode);
+        let old = self.inner.mode.send_replace(mode);
+        if old != Mode::Limited && mode == Mode::Limited {
+            self.inner.limited_epoch.send_modify(|epoch| *epoch += 1);
+        }
     }
 
     pub fn dialer(&self) -> &Dialer {
@@ -153,13 +159,19 @@ impl Engine {
         self.inner.closing.send_replace(true);
     }
 
-    /// Resolves when an open tunnel must close: limited mode, or a drain that ran out.
+    /// Resolves when an open tunnel must close: the mode is limited now, or switches to
+    /// limited later (even for a moment), or a drain ran out.
     pub fn tunnel_closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut mode = self.inner.mode.subscribe();
+        let mut epoch = self.inner.limited_epoch.subscribe();
+        let opened_in = *epoch.borrow_and_update();
+        let limited_now = self.mode() == Mode::Limited;
         let mut closing = self.inner.closing.subscribe();
         async move {
+            if limited_now {
+                return;
+            }
             tokio::select! {
-                _ = mode.wait_for(|m| *m == Mode::Limited) => {}
+                _ = epoch.wait_for(|e| *e != opened_in) => {}
                 _ = closing.wait_for(|c| *c) => {}
             }
         }
@@ -167,6 +179,16 @@ impl Engine {
 
     /// Steps 2–6 of SPEC §6, with the decider for allowlist misses.
     pub async fn decide(&self, attempt: &Attempt<'_>) -> Decision {
+        self.decide_request(attempt, false).await
+    }
+
+    /// [`Engine::decide`] for a `CONNECT` whose tunnel the listener terminates and whose
+    /// requests it decides again one by one (`Request::inspected`): limited mode lets it open.
+    pub async fn decide_inspected(&self, attempt: &Attempt<'_>) -> Decision {
+        self.decide_request(attempt, true).await
+    }
+
+    async fn decide_request(&self, attempt: &Attempt<'_>, inspected: bool) -> Decision {
         let policy = self.policy();
         let request = Request {
             protocol: attempt.protocol,
@@ -174,6 +196,7 @@ impl Engine {
             method: attempt.method,
             mode: self.mode(),
             side_doors: attempt.side_doors,
+            inspected,
         };
         let consult = match policy.decide(&request) {
             Verdict::Decided(decision) => return decision,
@@ -280,6 +303,7 @@ impl EngineBuilder {
             inner: Arc::new(Inner {
                 policy: RwLock::new(Arc::new(self.policy)),
                 mode: watch::Sender::new(self.mode),
+                limited_epoch: watch::Sender::new(0),
                 closing: watch::Sender::new(false),
                 dialer: self.dialer,
                 decider: self.decider,

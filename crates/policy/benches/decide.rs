@@ -45,6 +45,7 @@ fn decide(c: &mut Criterion) {
                         method: Some("CONNECT"),
                         mode: Mode::Full,
                         side_doors: SideDoors::default(),
+                        inspected: false,
                     };
                     black_box(policy.decide(&request))
                 })
@@ -63,6 +64,7 @@ fn decide(c: &mut Criterion) {
                 method: Some("CONNECT"),
                 mode: Mode::Full,
                 side_doors: SideDoors::default(),
+                inspected: false,
             };
             black_box(policy.decide(&request))
         })

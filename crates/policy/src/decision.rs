@@ -65,7 +65,8 @@ impl Protocol {
         }
     }
 
-    /// Tunnels carry bytes proxyd cannot inspect, so limited mode refuses them all.
+    /// Tunnels carry bytes proxyd cannot inspect, so limited mode refuses them all, except a
+    /// `CONNECT` that proxyd terminates itself ([`Request::inspected`]).
     fn is_opaque(self) -> bool {
         matches!(self, Protocol::HttpConnect | Protocol::Socks5 | Protocol::Socks5Udp)
     }
@@ -124,6 +125,12 @@ pub struct Request<'a> {
     pub method: Option<&'a str>,
     pub mode: Mode,
     pub side_doors: SideDoors,
+    /// Only for `CONNECT`: proxyd terminates TLS on this tunnel and decides every request
+    /// inside it again, on its own, as `https` (limited-mode interception, `mitm = true`). The
+    /// tunnel is then not opaque, so limited mode lets the `CONNECT` itself through; its method
+    /// and side doors are still checked. Ignored for every other protocol: SOCKS5 tunnels are
+    /// never inspected.
+    pub inspected: bool,
 }
 
 /// Why a request was blocked (SPEC §6.1).
@@ -135,6 +142,9 @@ pub enum Reason {
     NotAllowedLocal,
     MethodNotAllowed,
     SelfConnection,
+    /// The TLS server name (SNI) inside an inspected tunnel differs from the `CONNECT` host,
+    /// or is missing for a named host.
+    SniMismatch,
     /// A deny from the policy decider, with its own reason.
     Decider(Box<str>),
 }
@@ -149,6 +159,7 @@ impl Reason {
             Reason::NotAllowedLocal => "not_allowed_local",
             Reason::MethodNotAllowed => "method_not_allowed",
             Reason::SelfConnection => "self_connection",
+            Reason::SniMismatch => "sni_mismatch",
             Reason::Decider(reason) => reason,
         }
     }
@@ -160,7 +171,9 @@ impl Reason {
             Reason::Denied => Some("blocked-by-denylist"),
             Reason::NotAllowed | Reason::NotAllowedLocal => Some("blocked-by-allowlist"),
             Reason::MethodNotAllowed => Some("blocked-by-method-policy"),
-            Reason::SelfConnection | Reason::Decider(_) => Some("blocked-by-policy"),
+            Reason::SelfConnection | Reason::SniMismatch | Reason::Decider(_) => {
+                Some("blocked-by-policy")
+            }
         }
     }
 
@@ -188,6 +201,7 @@ impl Reason {
             Reason::NotAllowedLocal => "Local or private address not explicitly allowlisted.",
             Reason::MethodNotAllowed => "Method not allowed in limited mode.",
             Reason::SelfConnection => "Connections to the proxy itself are refused.",
+            Reason::SniMismatch => "TLS server name does not match the CONNECT host.",
             Reason::Decider(_) => "Blocked by the policy decider.",
         }
     }
@@ -283,7 +297,12 @@ impl Policy {
             return Verdict::Decided(Decision::Block(Reason::NotAllowedLocal));
         }
         let method_block = request.mode == Mode::Limited
-            && method_blocked(request.protocol, request.method, request.side_doors);
+            && method_blocked(
+                request.protocol,
+                request.method,
+                request.side_doors,
+                request.inspected,
+            );
         if allowed.is_none() {
             return Verdict::Consult(Consult { method_block });
         }
@@ -305,7 +324,7 @@ impl Policy {
         } else if !path_allowed {
             Decision::Block(Reason::NotAllowed)
         } else if mode == Mode::Limited
-            && method_blocked(Protocol::UnixSocket, Some(method), side_doors)
+            && method_blocked(Protocol::UnixSocket, Some(method), side_doors, false)
         {
             Decision::Block(Reason::MethodNotAllowed)
         } else {
@@ -347,9 +366,24 @@ impl Policy {
     }
 }
 
-/// Step 6: the method policy of limited mode and its side doors.
-fn method_blocked(protocol: Protocol, method: Option<&str>, side_doors: SideDoors) -> bool {
-    protocol.is_opaque() || !matches!(method, Some("GET" | "HEAD" | "OPTIONS")) || side_doors.any()
+/// Step 6: the method policy of limited mode and its side doors. An inspected `CONNECT`
+/// ([`Request::inspected`]) is only the opening of a tunnel whose requests are each decided
+/// again, so its own method must be `CONNECT`; every other opaque tunnel is refused.
+fn method_blocked(
+    protocol: Protocol,
+    method: Option<&str>,
+    side_doors: SideDoors,
+    inspected: bool,
+) -> bool {
+    let inspected = inspected && protocol == Protocol::HttpConnect;
+    if protocol.is_opaque() && !inspected {
+        return true;
+    }
+    let read_only = match inspected {
+        true => method == Some("CONNECT"),
+        false => matches!(method, Some("GET" | "HEAD" | "OPTIONS")),
+    };
+    !read_only || side_doors.any()
 }
 
 /// A local IP literal or a `localhost` name (SPEC §5.2, first rule).

@@ -100,6 +100,42 @@ impl Pattern {
     }
 }
 
+/// The part of the name space a pattern can match, in the terms of an X.509 name constraint
+/// (RFC 5280 §4.2.1.10), for a certificate authority that must sign only for allowed hosts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subtree {
+    /// A DNS name and every name below it.
+    Dns(Box<str>),
+    /// An address range.
+    Ip(IpNet),
+    /// Every host: no constraint expresses the pattern.
+    Everything,
+}
+
+impl Pattern {
+    /// The smallest [`Subtree`] holding every host this pattern matches; ports are ignored.
+    /// A DNS subtree also holds the names below it (`example.com` holds `www.example.com`):
+    /// a name constraint cannot say "this name only".
+    pub fn subtree(&self) -> Subtree {
+        match &self.host {
+            HostPattern::Any => Subtree::Everything,
+            HostPattern::Exact(name) => Subtree::Dns(name.clone()),
+            HostPattern::Suffix { suffix, .. } => Subtree::Dns(suffix.clone()),
+            HostPattern::Glob(glob) => {
+                let fixed = glob.labels.iter().rev().take_while(|l| !l.contains(['*', '?']));
+                let mut fixed: Vec<&str> = fixed.map(|label| &**label).collect();
+                fixed.reverse();
+                match fixed.is_empty() {
+                    true => Subtree::Everything,
+                    false => Subtree::Dns(fixed.join(".").into()),
+                }
+            }
+            HostPattern::Ip(ip) => Subtree::Ip(IpNet::from(*ip)),
+            HostPattern::Cidr(net) => Subtree::Ip(*net),
+        }
+    }
+}
+
 impl fmt::Display for Pattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let bracket = matches!(self.host, HostPattern::Ip(IpAddr::V6(_)))

@@ -4,6 +4,13 @@
 //! Nothing here dials outside `127.0.0.0/8`; every port is chosen by the kernel and every wait
 //! is bounded, so a hang fails in seconds.
 
+mod admin_api;
+mod admin_support;
 mod curl;
+mod exec;
+mod library;
+mod mitm;
 mod process;
+mod regressions;
+mod reload;
 mod support;

@@ -24,6 +24,9 @@ fn bad(line: &str, expected: &str) {
 #[test]
 fn every_key_accepts_a_good_value() {
     good("enabled = false", "enabled", "false");
+    good("mitm = true", "mitm", "true");
+    good("ca_dir = \"/var/lib/proxyd\"", "ca_dir", "\"/var/lib/proxyd\"");
+    good("ca_dir = \"ca\"", "ca_dir", "\"/t/ca\"");
     good("proxy_url = \"http://127.0.0.1:3129\"", "proxy_url", "\"127.0.0.1:3129\"");
     good("admin_url = \"127.0.0.1:0\"", "admin_url", "\"127.0.0.1:0\"");
     good("enable_socks5 = false", "enable_socks5", "false");
@@ -153,6 +156,9 @@ fn every_key_refuses_a_bad_value() {
     );
     bad("admin_token = true", "network.admin_token: expected a string, found boolean");
     bad("admin_token_file = 3", "network.admin_token_file: expected a path string, found integer");
+    bad("mitm = \"yes\"", "network.mitm: expected a boolean, found string");
+    bad("ca_dir = 1", "network.ca_dir: expected a path string, found integer");
+    bad("ca_dir = \"\"", "network.ca_dir: an empty path names no directory");
     bad(
         "admin_token_file = \"/nonexistent/proxyd/token\"",
         "network.admin_token_file: /nonexistent/proxyd/token: No such file or directory (os error 2)",
@@ -195,6 +201,21 @@ fn no_sources_and_empty_documents_give_the_defaults() {
     assert_eq!(Config::load(&Sources::default()).unwrap(), Config::default());
     assert_eq!(Config::from_toml_str("", "empty.toml").unwrap(), Config::default());
     assert_eq!(Config::from_toml_str("[network]\n", "empty.toml").unwrap(), Config::default());
+}
+
+#[test]
+fn mitm_is_off_and_ca_dir_follows_codex_home_by_default() {
+    let config = Config::default();
+    assert!(!config.mitm);
+    let expected = match (std::env::var_os("CODEX_HOME"), std::env::var_os("HOME")) {
+        (Some(home), _) if !home.is_empty() => Some(PathBuf::from(home).join("proxy")),
+        (_, Some(home)) if !home.is_empty() => Some(PathBuf::from(home).join(".codex/proxy")),
+        _ => None,
+    };
+    assert_eq!(config.ca_dir, expected);
+    let config = load_ok("mitm = true\nca_dir = \"/srv/proxyd-ca\"");
+    assert!(config.mitm);
+    assert_eq!(config.ca_dir, Some(PathBuf::from("/srv/proxyd-ca")));
 }
 
 #[test]

@@ -296,3 +296,21 @@ async fn the_decider_answers_allowlist_misses_only() -> anyhow::Result<()> {
     canary.assert_untouched();
     Ok(())
 }
+
+/// Review finding: a huge method must not be copied into events and the blocked log.
+#[tokio::test]
+async fn overlong_method_is_400_before_any_decision() -> anyhow::Result<()> {
+    let canary = Canary::start().await?;
+    let proxy = proxy().start().await?;
+    let port = canary.addr().port();
+    let method = "A".repeat(33);
+    let response =
+        proxy.send(request(&method, &format!("http://unlisted.test:{port}/"), &[])).await?;
+    assert_eq!(response.status(), 400, "{response:?}");
+    assert!(proxy.events().is_empty(), "nothing is decided or recorded");
+    let ok = "B".repeat(32);
+    let response = proxy.send(request(&ok, &format!("http://unlisted.test:{port}/"), &[])).await?;
+    assert_eq!(response.status(), 403, "a 32-byte method is still decided: {response:?}");
+    canary.assert_untouched();
+    Ok(())
+}

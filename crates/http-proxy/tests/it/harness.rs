@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
-use proxyd_http_proxy::{HttpProxy, Settings, UpstreamProxies, client_config};
+use proxyd_http_proxy::{
+    CaScope, HttpProxy, InterceptCa, Settings, UpstreamProxies, client_config,
+};
 use proxyd_net::{Decider, Dialer, Engine, Event, EventSink, Outcome, StaticResolver};
 use proxyd_policy::{ListKind, Mode, PatternSet, Policy, Protocol};
 use proxyd_test_support::{ResponseHead, connect};
@@ -66,6 +68,7 @@ pub(crate) struct Builder {
     unix_sockets: Vec<PathBuf>,
     max_connections: usize,
     decider: Option<Arc<dyn Decider>>,
+    mitm: bool,
 }
 
 /// The defaults: allowlist [`ALLOWED`], denylist `evil.test`, local binding allowed, full
@@ -88,6 +91,7 @@ pub(crate) fn proxy() -> Builder {
         unix_sockets: Vec::new(),
         max_connections: 256,
         decider: None,
+        mitm: false,
     }
 }
 
@@ -152,6 +156,12 @@ impl Builder {
         self
     }
 
+    /// Limited-mode interception with a CA constrained to the allowlist (`mitm = true`).
+    pub(crate) fn mitm(mut self) -> Builder {
+        self.mitm = true;
+        self
+    }
+
     pub(crate) fn unix_socket(mut self, path: PathBuf) -> Builder {
         self.unix_sockets.push(path);
         self
@@ -167,6 +177,7 @@ impl Builder {
             allow_local_binding: self.allow_local_binding,
             enabled: self.enabled,
         };
+        let scope = CaScope::from_patterns(policy.allowed.patterns());
         let resolver = Arc::new(self.resolver);
         let dialer = Dialer::new(resolver.clone(), Duration::from_secs(2), Duration::from_secs(2));
         let events = Arc::new(Events::default());
@@ -189,6 +200,10 @@ impl Builder {
             env.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
         });
         let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let ca = match self.mitm {
+            true => Some(Arc::new(InterceptCa::generate(scope, provider.clone()).context("ca")?)),
+            false => None,
+        };
         let tls = client_config(provider, self.trust.as_deref()).context("tls client config")?;
         let settings = Settings {
             header_read_timeout: self.header_read_timeout,
@@ -198,11 +213,12 @@ impl Builder {
             tls: Arc::new(tls),
             upstream,
             unix_sockets: self.unix_sockets,
+            mitm: ca.clone(),
         };
         let server = HttpProxy::new(engine.clone(), settings);
         let (shutdown, stop) = watch::channel(false);
         let serve = tokio::spawn(async move { server.serve(listener, stop).await });
-        Ok(Proxy { addr, engine, resolver, events, shutdown, serve })
+        Ok(Proxy { addr, engine, resolver, ca, events, shutdown, serve })
     }
 }
 
@@ -211,6 +227,8 @@ pub(crate) struct Proxy {
     pub(crate) addr: SocketAddr,
     pub(crate) engine: Engine,
     pub(crate) resolver: Arc<StaticResolver>,
+    /// The interception CA, with [`Builder::mitm`].
+    pub(crate) ca: Option<Arc<InterceptCa>>,
     events: Arc<Events>,
     shutdown: watch::Sender<bool>,
     serve: JoinHandle<()>,

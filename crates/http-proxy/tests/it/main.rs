@@ -11,6 +11,7 @@ mod events;
 mod forward;
 mod lifecycle;
 mod limited;
+mod mitm;
 mod tls;
 #[cfg(unix)]
 mod unix;

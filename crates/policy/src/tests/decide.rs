@@ -49,8 +49,14 @@ fn decide_with(
 ) -> String {
     let target = Target::parse_authority(target, Some(443)).expect("target parses");
     let method = (!method.is_empty()).then_some(method);
-    let request =
-        Request { protocol, target: &target, method, mode, side_doors: SideDoors::default() };
+    let request = Request {
+        protocol,
+        target: &target,
+        method,
+        mode,
+        side_doors: SideDoors::default(),
+        inspected: false,
+    };
     outcome(policy.decide(&request))
 }
 
@@ -176,6 +182,62 @@ fn limited_mode() {
     check_limited(Http, "POST", "unknown.test", "consult");
 }
 
+/// Limited-mode interception (`mitm = true`): an inspected `CONNECT` opens, because every
+/// request inside is decided again; nothing else changes.
+#[test]
+fn inspected_connect() {
+    let p = policy(false);
+    let check = |protocol, method: &str, target: &str, mode, inspected, doors, expected: &str| {
+        let target = Target::parse_authority(target, Some(443)).expect("target parses");
+        let method = (!method.is_empty()).then_some(method);
+        let side_doors = match doors {
+            true => SideDoors { upgrade: true, ..SideDoors::default() },
+            false => SideDoors::default(),
+        };
+        let request = Request { protocol, target: &target, method, mode, side_doors, inspected };
+        assert_eq!(
+            outcome(p.decide(&request)),
+            expected,
+            "{protocol} {method:?} {target} {mode} inspected={inspected} doors={doors}"
+        );
+    };
+    use Mode::{Full, Limited};
+    use Protocol::*;
+    check(HttpConnect, "CONNECT", "example.com:443", Limited, true, false, "allow");
+    check(HttpConnect, "CONNECT", "example.com:8443", Limited, true, false, "allow");
+    check(HttpConnect, "CONNECT", "example.com:443", Limited, false, false, "method_not_allowed");
+    check(HttpConnect, "CONNECT", "example.com:443", Limited, true, true, "method_not_allowed");
+    check(HttpConnect, "GET", "example.com:443", Limited, true, false, "method_not_allowed");
+    check(HttpConnect, "", "example.com:443", Limited, true, false, "method_not_allowed");
+    check(HttpConnect, "CONNECT", "example.com:443", Full, true, false, "allow");
+    check(HttpConnect, "CONNECT", "example.com:443", Full, false, false, "allow");
+    // Earlier steps still decide first.
+    check(HttpConnect, "CONNECT", "evil.example.com:443", Limited, true, false, "denied");
+    check(HttpConnect, "CONNECT", "192.168.0.1:443", Limited, true, false, "not_allowed_local");
+    check(HttpConnect, "CONNECT", "unknown.test:443", Limited, true, false, "consult");
+    // Only `CONNECT` can be inspected: SOCKS5 stays opaque, plain HTTP is unaffected.
+    check(Socks5, "", "example.com:443", Limited, true, false, "method_not_allowed");
+    check(Socks5Udp, "", "example.com:443", Limited, true, false, "method_not_allowed");
+    check(Https, "POST", "example.com:443", Limited, true, false, "method_not_allowed");
+    check(Https, "GET", "example.com:443", Limited, true, false, "allow");
+    // An allowlist miss the decider allows is still subject to the same rule.
+    let target = Target::parse_authority("unknown.test:443", None).expect("parses");
+    let request = |inspected| Request {
+        protocol: HttpConnect,
+        target: &target,
+        method: Some("CONNECT"),
+        mode: Limited,
+        side_doors: SideDoors::default(),
+        inspected,
+    };
+    let allowed = |inspected| match p.decide(&request(inspected)) {
+        Verdict::Consult(consult) => consult.allow(),
+        other => panic!("expected a consult, got {other:?}"),
+    };
+    assert_eq!(allowed(true), Decision::Allow);
+    assert_eq!(allowed(false), Decision::Block(Reason::MethodNotAllowed));
+}
+
 #[test]
 fn side_doors_in_limited_mode() {
     let p = policy(false);
@@ -189,6 +251,7 @@ fn side_doors_in_limited_mode() {
                 method: Some("GET"),
                 mode,
                 side_doors,
+                inspected: false,
             };
             let want = if mode == Mode::Full { "allow" } else { expected };
             assert_eq!(outcome(p.decide(&request)), want, "{headers:?} {mode}");
@@ -228,6 +291,7 @@ fn the_decider_only_sees_allowlist_misses() {
         method: Some(method),
         mode,
         side_doors: SideDoors::default(),
+        inspected: false,
     };
     let consult = |mode, method| match p.decide(&request(mode, method)) {
         Verdict::Consult(consult) => consult,
@@ -298,6 +362,7 @@ fn reasons_report_as_spec_table() {
         (Reason::NotAllowedLocal, 403, Some("blocked-by-allowlist"), 0x02),
         (Reason::MethodNotAllowed, 403, Some("blocked-by-method-policy"), 0x02),
         (Reason::SelfConnection, 403, Some("blocked-by-policy"), 0x02),
+        (Reason::SniMismatch, 403, Some("blocked-by-policy"), 0x02),
         (Reason::Decider("x".into()), 403, Some("blocked-by-policy"), 0x02),
         (Reason::ProxyDisabled, 503, None, 0x01),
     ];

@@ -1,6 +1,6 @@
 //! SPEC §4: the grammar, its normalisation, its load-time rejections, and matching.
 
-use crate::pattern::{ListKind, Pattern, PatternErrorKind as K};
+use crate::pattern::{ListKind, Pattern, PatternErrorKind as K, Subtree};
 use crate::pattern_set::{MatchKind, PatternSet};
 use crate::target::Target;
 
@@ -239,4 +239,34 @@ fn lookups_mix_many_entries() {
     assert_eq!(set.patterns().len(), entries.len());
     assert!(set.contains_addr("10.9.9.9".parse().unwrap(), 1));
     assert!(!set.contains_addr("11.9.9.9".parse().unwrap(), 1));
+}
+
+/// The name constraint an allowlist entry becomes for the interception CA.
+#[track_caller]
+fn check_subtree(entry: &str, expected: &str) {
+    let pattern = Pattern::parse(entry, ListKind::Allowed).expect("pattern parses");
+    let got = match pattern.subtree() {
+        Subtree::Dns(name) => format!("dns {name}"),
+        Subtree::Ip(net) => format!("ip {net}"),
+        Subtree::Everything => "everything".to_owned(),
+    };
+    assert_eq!(got, expected, "{entry:?}");
+}
+
+#[test]
+fn subtrees_for_name_constraints() {
+    check_subtree("example.com", "dns example.com");
+    check_subtree("Example.COM.:443", "dns example.com");
+    check_subtree("*.example.com", "dns example.com");
+    check_subtree("**.example.com", "dns example.com");
+    check_subtree("api-*.example.io", "dns example.io");
+    check_subtree("*.api-?.example.io", "dns example.io");
+    check_subtree("bücher.example", "dns xn--bcher-kva.example");
+    check_subtree("localhost", "dns localhost");
+    check_subtree("10.1.2.3", "ip 10.1.2.3/32");
+    check_subtree("::1", "ip ::1/128");
+    check_subtree("10.0.0.0/8", "ip 10.0.0.0/8");
+    check_subtree("2001:db8::/32", "ip 2001:db8::/32");
+    check_subtree("*", "everything");
+    check_subtree("**.*", "everything");
 }

@@ -77,7 +77,7 @@ proptest! {
             enabled: true,
         };
         let mode = if limited { Mode::Limited } else { Mode::Full };
-        let request = Request { protocol, target: &target, method: Some(method), mode, side_doors: SideDoors::default() };
+        let request = Request { protocol, target: &target, method: Some(method), mode, side_doors: SideDoors::default(), inspected: false };
         prop_assert_eq!(policy.decide(&request), Verdict::Decided(Decision::Block(Reason::Denied)));
         if let Some(ip) = target.host.ip() {
             prop_assert_eq!(policy.check_resolved(&target, &[ip], &[]), Decision::Block(Reason::Denied));

@@ -1,0 +1,485 @@
+//! Medians of the rounds, the side-by-side table (each figure with its ratio to direct and to
+//! the best peer), the goals of issue 6, and `report.md` / `report.json`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde_json::{Value, json};
+
+use super::systems::System;
+
+/// Which way is better for a metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Better {
+    Higher,
+    Lower,
+}
+
+/// Every figure of the table, in table order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(super) enum Metric {
+    HttpRps,
+    HttpP50,
+    HttpP99,
+    Http1P50,
+    Http1P99,
+    ConnectRate,
+    ConnectTput1,
+    ConnectTput8,
+    SocksRate,
+    SocksTput1,
+    SocksTput8,
+    RssRest,
+    RssIdle,
+    RssPerTunnelFirst,
+    RssPerTunnel,
+    IdleTunnels,
+    Decide10,
+    Decide10k,
+}
+
+impl Metric {
+    const ALL: [Metric; 18] = [
+        Metric::HttpRps,
+        Metric::HttpP50,
+        Metric::HttpP99,
+        Metric::Http1P50,
+        Metric::Http1P99,
+        Metric::ConnectRate,
+        Metric::ConnectTput1,
+        Metric::ConnectTput8,
+        Metric::SocksRate,
+        Metric::SocksTput1,
+        Metric::SocksTput8,
+        Metric::RssRest,
+        Metric::RssIdle,
+        Metric::RssPerTunnelFirst,
+        Metric::RssPerTunnel,
+        Metric::IdleTunnels,
+        Metric::Decide10,
+        Metric::Decide10k,
+    ];
+
+    fn key(self) -> &'static str {
+        match self {
+            Metric::HttpRps => "http_requests_per_s",
+            Metric::HttpP50 => "http_p50_us",
+            Metric::HttpP99 => "http_p99_us",
+            Metric::Http1P50 => "http_1client_p50_us",
+            Metric::Http1P99 => "http_1client_p99_us",
+            Metric::ConnectRate => "connect_tunnels_per_s",
+            Metric::ConnectTput1 => "connect_mib_per_s_1stream",
+            Metric::ConnectTput8 => "connect_mib_per_s_8streams",
+            Metric::SocksRate => "socks5_connects_per_s",
+            Metric::SocksTput1 => "socks5_mib_per_s_1stream",
+            Metric::SocksTput8 => "socks5_mib_per_s_8streams",
+            Metric::RssRest => "rss_at_rest_mib",
+            Metric::RssIdle => "rss_idle_tunnels_mib",
+            Metric::RssPerTunnelFirst => "rss_per_idle_tunnel_first_batch_kib",
+            Metric::RssPerTunnel => "rss_per_idle_tunnel_kib",
+            Metric::IdleTunnels => "idle_tunnels_open",
+            Metric::Decide10 => "decide_hit_10_patterns_ns",
+            Metric::Decide10k => "decide_hit_10000_patterns_ns",
+        }
+    }
+
+    fn better(self) -> Better {
+        match self {
+            Metric::HttpRps
+            | Metric::ConnectRate
+            | Metric::ConnectTput1
+            | Metric::ConnectTput8
+            | Metric::SocksRate
+            | Metric::SocksTput1
+            | Metric::SocksTput8
+            | Metric::IdleTunnels => Better::Higher,
+            _ => Better::Lower,
+        }
+    }
+
+    fn is_latency(self) -> bool {
+        matches!(self, Metric::HttpP50 | Metric::HttpP99 | Metric::Http1P50 | Metric::Http1P99)
+    }
+}
+
+/// What the labels and the header need to know about the run.
+#[derive(Debug, Clone)]
+pub(super) struct Setup {
+    pub(super) command: String,
+    pub(super) clients: usize,
+    pub(super) size: u64,
+    pub(super) streams: usize,
+    pub(super) tunnels: usize,
+    pub(super) rounds: usize,
+    pub(super) direction: &'static str,
+    pub(super) options: Value,
+}
+
+/// Per-round figures of every system, plus notes and the machine.
+#[derive(Debug)]
+pub(super) struct Report {
+    pub(super) setup: Setup,
+    pub(super) machine: Vec<(String, String)>,
+    pub(super) versions: Vec<(String, String)>,
+    pub(super) systems: Vec<System>,
+    pub(super) notes: Vec<String>,
+    pub(super) elapsed_s: f64,
+    rounds: BTreeMap<System, BTreeMap<Metric, Vec<f64>>>,
+}
+
+fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+    if sorted.is_empty() {
+        return None;
+    }
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    Some(if sorted.len() % 2 == 1 { sorted[mid] } else { (sorted[mid - 1] + sorted[mid]) / 2.0 })
+}
+
+/// A figure with three significant digits and a `k`/`M` suffix for large counts.
+fn number(value: f64) -> String {
+    let abs = value.abs();
+    if abs >= 1e6 {
+        format!("{:.2}M", value / 1e6)
+    } else if abs >= 1e4 {
+        format!("{:.1}k", value / 1e3)
+    } else if abs >= 100.0 {
+        format!("{value:.0}")
+    } else if abs >= 10.0 {
+        format!("{value:.1}")
+    } else {
+        format!("{value:.2}")
+    }
+}
+
+fn ratio(value: f64) -> String {
+    if value >= 10.0 { format!("{value:.0}×") } else { format!("{value:.2}×") }
+}
+
+fn size_label(bytes: u64) -> String {
+    const GIB: u64 = 1 << 30;
+    const MIB: u64 = 1 << 20;
+    if bytes >= GIB && bytes % GIB == 0 {
+        format!("{} GiB", bytes / GIB)
+    } else if bytes >= MIB {
+        format!("{} MiB", bytes / MIB)
+    } else {
+        format!("{bytes} B")
+    }
+}
+
+impl Report {
+    pub(super) fn new(setup: Setup, systems: Vec<System>) -> Self {
+        Self {
+            setup,
+            machine: Vec::new(),
+            versions: Vec::new(),
+            systems,
+            notes: Vec::new(),
+            elapsed_s: 0.0,
+            rounds: BTreeMap::new(),
+        }
+    }
+
+    pub(super) fn record(&mut self, system: System, metric: Metric, value: f64) {
+        self.rounds.entry(system).or_default().entry(metric).or_default().push(value);
+    }
+
+    fn median(&self, system: System, metric: Metric) -> Option<f64> {
+        median(self.rounds.get(&system)?.get(&metric)?)
+    }
+
+    fn label(&self, metric: Metric) -> String {
+        let s = &self.setup;
+        let size = size_label(s.size);
+        let dir = s.direction;
+        match metric {
+            Metric::HttpRps => format!("HTTP forward req/s, {} keep-alive clients", s.clients),
+            Metric::HttpP50 => format!("HTTP p50 latency µs (+added), {} clients", s.clients),
+            Metric::HttpP99 => format!("HTTP p99 latency µs (+added), {} clients", s.clients),
+            Metric::Http1P50 => "HTTP p50 latency µs (+added), 1 client".to_owned(),
+            Metric::Http1P99 => "HTTP p99 latency µs (+added), 1 client".to_owned(),
+            Metric::ConnectRate => "CONNECT new tunnels/s (connect, 1 request, close)".to_owned(),
+            Metric::ConnectTput1 => format!("CONNECT MiB/s, {size} {dir}, 1 stream"),
+            Metric::ConnectTput8 => format!("CONNECT MiB/s, {size} {dir}, {} streams", s.streams),
+            Metric::SocksRate => "SOCKS5 connects/s (connect, 1 request, close)".to_owned(),
+            Metric::SocksTput1 => format!("SOCKS5 MiB/s, {size} {dir}, 1 stream"),
+            Metric::SocksTput8 => format!("SOCKS5 MiB/s, {size} {dir}, {} streams", s.streams),
+            Metric::RssRest => "RSS at rest, MiB (fresh process)".to_owned(),
+            Metric::RssIdle => format!("RSS with {} idle tunnels, MiB (2nd batch)", s.tunnels),
+            Metric::RssPerTunnelFirst => "RSS per idle tunnel, KiB (1st batch)".to_owned(),
+            Metric::RssPerTunnel => "RSS per idle tunnel, KiB (2nd batch)".to_owned(),
+            Metric::IdleTunnels => format!("idle tunnels held (of {})", s.tunnels),
+            Metric::Decide10 => "policy decision ns, 10 patterns (criterion)".to_owned(),
+            Metric::Decide10k => "policy decision ns, 10,000 patterns (criterion)".to_owned(),
+        }
+    }
+
+    /// The best peer's median for a metric, and which peer it is.
+    fn best_peer(&self, metric: Metric) -> Option<(System, f64)> {
+        let peers = self.systems.iter().filter(|s| s.is_peer());
+        let values = peers.filter_map(|&s| Some((s, self.median(s, metric)?)));
+        match metric.better() {
+            Better::Higher => values.max_by(|a, b| a.1.total_cmp(&b.1)),
+            Better::Lower => values.min_by(|a, b| a.1.total_cmp(&b.1)),
+        }
+    }
+
+    fn cell(&self, system: System, metric: Metric) -> String {
+        let Some(value) = self.median(system, metric) else { return "—".to_owned() };
+        let mut text = number(value);
+        if system == System::Direct || metric == Metric::IdleTunnels {
+            return text;
+        }
+        let mut ratios = Vec::new();
+        let direct = self.median(System::Direct, metric);
+        if let Some(direct) = direct.filter(|d| *d > 0.0) {
+            if metric.is_latency() {
+                ratios.push(format!("+{}", number(value - direct)));
+            }
+            ratios.push(format!("{}d", ratio(value / direct)));
+        }
+        if let Some((_, best)) = self.best_peer(metric).filter(|(_, best)| *best > 0.0) {
+            ratios.push(format!("{}p", ratio(value / best)));
+        }
+        if !ratios.is_empty() {
+            let _ = write!(text, " ({})", ratios.join(", "));
+        }
+        text
+    }
+
+    /// The markdown table: a row per metric that any system measured.
+    pub(super) fn table(&self) -> String {
+        let mut out = String::from("| metric |");
+        for system in &self.systems {
+            let _ = write!(out, " {} |", system.name());
+        }
+        out.push_str("\n|---|");
+        out.push_str(&"---|".repeat(self.systems.len()));
+        out.push('\n');
+        for metric in Metric::ALL {
+            if self.systems.iter().all(|&s| self.median(s, metric).is_none()) {
+                continue;
+            }
+            let _ = write!(out, "| {} |", self.label(metric));
+            for &system in &self.systems {
+                let _ = write!(out, " {} |", self.cell(system, metric));
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    /// The goals of issue 6 against proxyd's medians: (goal, met, detail).
+    pub(super) fn goals(&self) -> Vec<(String, Option<bool>, String)> {
+        let m = |system, metric| self.median(system, metric);
+        let proxyd = System::Proxyd;
+        let mut goals = Vec::new();
+
+        let mut worst: Option<(f64, Metric)> = None;
+        let mut parts = Vec::new();
+        for metric in
+            [Metric::ConnectTput1, Metric::ConnectTput8, Metric::SocksTput1, Metric::SocksTput8]
+        {
+            if let (Some(p), Some(d)) = (m(proxyd, metric), m(System::Direct, metric)) {
+                let r = p / d;
+                parts.push(format!("{} {r:.2}", metric.key()));
+                if worst.is_none_or(|(w, _)| r < w) {
+                    worst = Some((r, metric));
+                }
+            }
+        }
+        goals.push((
+            "tunnel throughput ≥ 0.9 × direct".to_owned(),
+            worst.map(|(w, _)| w >= 0.9),
+            parts.join(", "),
+        ));
+
+        let rps = m(proxyd, Metric::HttpRps);
+        let best = self.best_peer(Metric::HttpRps);
+        goals.push((
+            "HTTP requests/s above every peer".to_owned(),
+            rps.zip(best).map(|(p, (_, b))| p > b),
+            match (rps, best) {
+                (Some(p), Some((peer, b))) => {
+                    format!("proxyd {} vs {} {} ({:.2}×)", number(p), peer.name(), number(b), p / b)
+                }
+                _ => "not measured".to_owned(),
+            },
+        ));
+
+        let added = |metric| Some(m(proxyd, metric)? - m(System::Direct, metric)?);
+        let (loaded, unloaded) = (added(Metric::HttpP99), added(Metric::Http1P99));
+        goals.push((
+            "added p99 latency < 250 µs".to_owned(),
+            unloaded.map(|u| u < 250.0 && loaded.is_none_or(|l| l < 250.0)),
+            format!(
+                "+{} µs with 1 client, +{} µs with {} clients",
+                unloaded.map_or("?".to_owned(), number),
+                loaded.map_or("?".to_owned(), number),
+                self.setup.clients
+            ),
+        ));
+
+        let (first, second) =
+            (m(proxyd, Metric::RssPerTunnelFirst), m(proxyd, Metric::RssPerTunnel));
+        let worst = match (first, second) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        goals.push((
+            "≤ 8 KiB RSS per idle tunnel".to_owned(),
+            worst.map(|k| k <= 8.0),
+            format!(
+                "{} KiB in a fresh process, {} KiB once memory is reused",
+                first.map_or("?".to_owned(), number),
+                second.map_or("?".to_owned(), number)
+            ),
+        ));
+
+        let (few, many) = (m(proxyd, Metric::Decide10), m(proxyd, Metric::Decide10k));
+        goals.push((
+            "decision cost flat in the number of patterns".to_owned(),
+            few.zip(many).map(|(f, n)| n / f <= 1.25),
+            match (few, many) {
+                (Some(f), Some(n)) => format!(
+                    "{} ns at 10, {} ns at 10,000 patterns ({:.2}×)",
+                    number(f),
+                    number(n),
+                    n / f
+                ),
+                _ => "not measured".to_owned(),
+            },
+        ));
+        goals
+    }
+
+    pub(super) fn markdown(&self) -> String {
+        let mut out = String::from("# proxyd benchmark\n\n");
+        let _ = writeln!(out, "Command: `{}`\n", self.setup.command);
+        let machine: Vec<String> = self.machine.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        let _ = writeln!(out, "Machine: {}.\n", machine.join("; "));
+        let versions: Vec<String> = self.versions.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        if !versions.is_empty() {
+            let _ = writeln!(out, "Peers: {}.\n", versions.join(", "));
+        }
+        let _ = writeln!(
+            out,
+            "Medians of {} round(s); run time {:.0} s. A cell reads `value (+added over direct, \
+             ×direct d, ×best peer p)`; the best peer is the highest rate or the lowest latency \
+             or memory among the peers that ran that row. Direct is the load generator talking \
+             to the origin itself; its SOCKS5 rows repeat its plain-connection figures.\n",
+            self.setup.rounds, self.elapsed_s
+        );
+        out.push_str(&self.table());
+        out.push_str("\n## Goals (issue 6)\n\n");
+        for (goal, met, detail) in self.goals() {
+            let mark = match met {
+                Some(true) => "met",
+                Some(false) => "NOT met",
+                None => "not measured",
+            };
+            let _ = writeln!(out, "- {goal}: **{mark}** — {detail}");
+        }
+        if !self.notes.is_empty() {
+            out.push_str("\n## Notes\n\n");
+            for note in &self.notes {
+                let _ = writeln!(out, "- {note}");
+            }
+        }
+        out
+    }
+
+    pub(super) fn json(&self) -> Value {
+        let mut results = serde_json::Map::new();
+        for (system, metrics) in &self.rounds {
+            let mut entry = serde_json::Map::new();
+            for (metric, rounds) in metrics {
+                let mut figure = json!({ "median": median(rounds), "rounds": rounds });
+                if let Some(direct) =
+                    self.median(System::Direct, *metric).filter(|_| *system != System::Direct)
+                {
+                    if let Some(value) = median(rounds) {
+                        figure["ratio_to_direct"] = json!(value / direct);
+                        if metric.is_latency() {
+                            figure["added_us"] = json!(value - direct);
+                        }
+                    }
+                }
+                if let (Some((peer, best)), Some(value)) = (self.best_peer(*metric), median(rounds))
+                {
+                    figure["best_peer"] = json!(peer.name());
+                    figure["ratio_to_best_peer"] = json!(value / best);
+                }
+                entry.insert(metric.key().to_owned(), figure);
+            }
+            results.insert(system.name().to_owned(), Value::Object(entry));
+        }
+        let goals: Vec<Value> = self
+            .goals()
+            .into_iter()
+            .map(|(goal, met, detail)| json!({ "goal": goal, "met": met, "detail": detail }))
+            .collect();
+        json!({
+            "command": self.setup.command,
+            "machine": self.machine.iter().cloned().collect::<BTreeMap<_, _>>(),
+            "peers": self.versions.iter().cloned().collect::<BTreeMap<_, _>>(),
+            "systems": self.systems.iter().map(|s| s.name()).collect::<Vec<_>>(),
+            "options": self.setup.options,
+            "run_time_s": self.elapsed_s,
+            "results": results,
+            "goals": goals,
+            "notes": self.notes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Metric, Report, Setup, median, number};
+    use crate::bench::systems::System;
+
+    #[test]
+    fn medians_and_numbers() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
+        assert_eq!(number(41_234.0), "41.2k");
+        assert_eq!(number(312.4), "312");
+        assert_eq!(number(1.234), "1.23");
+    }
+
+    #[test]
+    fn ratios_to_direct_and_best_peer() {
+        let setup = Setup {
+            command: "cargo xtask bench".to_owned(),
+            clients: 64,
+            size: 1 << 30,
+            streams: 8,
+            tunnels: 10_000,
+            rounds: 1,
+            direction: "down",
+            options: serde_json::Value::Null,
+        };
+        let systems = vec![System::Direct, System::Proxyd, System::Squid, System::Tinyproxy];
+        let mut report = Report::new(setup, systems);
+        for (system, rps, p99) in [
+            (System::Direct, 100_000.0, 100.0),
+            (System::Proxyd, 50_000.0, 300.0),
+            (System::Squid, 25_000.0, 400.0),
+            (System::Tinyproxy, 10_000.0, 900.0),
+        ] {
+            report.record(system, Metric::HttpRps, rps);
+            report.record(system, Metric::Http1P99, p99);
+        }
+        assert_eq!(report.cell(System::Proxyd, Metric::HttpRps), "50.0k (0.50×d, 2.00×p)");
+        assert_eq!(report.cell(System::Proxyd, Metric::Http1P99), "300 (+200, 3.00×d, 0.75×p)");
+        assert_eq!(report.cell(System::Direct, Metric::HttpRps), "100.0k");
+        let table = report.table();
+        assert!(table.starts_with("| metric | direct | proxyd | squid | tinyproxy |"), "{table}");
+        let goals = report.goals();
+        assert_eq!(goals[1].1, Some(true), "{goals:?}");
+        assert_eq!(goals[2].1, Some(true), "{goals:?}");
+    }
+}
