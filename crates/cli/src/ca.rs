@@ -77,6 +77,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<
         .mode(0o700)
         .create(dir)
         .with_context(|| format!("creating {}", dir.display()))?;
+    check_private_dir(dir)?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let temp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let write = || -> std::io::Result<()> {
@@ -90,6 +91,51 @@ pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<
         let _ = std::fs::remove_file(&temp);
         anyhow::Error::new(err).context(format!("writing {}", path.display()))
     })
+}
+
+/// Refuses a directory whose files another user could replace: a symlink (it may point
+/// anywhere), one owned by someone else, or one that group or others may write. Whoever trusts
+/// `ca.pem` from it must be sure proxyd wrote it.
+pub fn check_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta =
+        std::fs::symlink_metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
+    let euid = rustix::process::geteuid().as_raw();
+    if meta.file_type().is_symlink() {
+        anyhow::bail!("{} is a symlink: ca_dir must be a real directory", dir.display());
+    }
+    if !meta.is_dir() {
+        anyhow::bail!("{} is not a directory", dir.display());
+    }
+    if meta.uid() != euid {
+        anyhow::bail!("{} belongs to uid {}, not to this user ({euid})", dir.display(), meta.uid());
+    }
+    if meta.mode() & 0o022 != 0 {
+        anyhow::bail!(
+            "{} is writable by group or others (mode {:o}): use a private ca_dir (chmod 700)",
+            dir.display(),
+            meta.mode() & 0o777
+        );
+    }
+    Ok(())
+}
+
+/// Reads `ca.pem` from `ca_dir` after the same checks as writing: a private directory, and a
+/// regular file owned by this user.
+pub fn read_cert(ca_dir: &Path) -> anyhow::Result<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    check_private_dir(ca_dir)?;
+    let path = cert_path(ca_dir);
+    let meta = std::fs::symlink_metadata(&path).with_context(|| {
+        format!(
+            "reading {} (proxyd writes it when it starts with network.mitm = true)",
+            path.display()
+        )
+    })?;
+    if !meta.is_file() || meta.uid() != rustix::process::geteuid().as_raw() {
+        anyhow::bail!("{} is not a regular file owned by this user", path.display());
+    }
+    std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
 }
 
 /// PEM armour (RFC 7468): base64 in 64-column lines.
@@ -161,6 +207,26 @@ mod tests {
             std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names.len(), 2, "no temporary file left behind: {names:?}");
         let _ = std::fs::remove_dir_all(dir.parent().unwrap());
+    }
+
+    #[test]
+    fn shared_or_foreign_ca_dirs_are_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = temp("private-check");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(check_private_dir(&dir).is_ok());
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = check_private_dir(&dir).expect_err("world-writable");
+        assert!(err.to_string().contains("writable by group or others"), "{err}");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let link = dir.with_extension("link");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        let err = check_private_dir(&link).expect_err("symlink");
+        assert!(err.to_string().contains("symlink"), "{err}");
+        assert!(write_atomically(&link.join("ca.pem"), b"x", 0o644).is_err());
+        std::fs::remove_file(&link).unwrap();
     }
 
     #[test]

@@ -126,7 +126,32 @@ fn init_tracing(format: LogFormat, default_level: &str) {
     }
 }
 
+/// Process-wide protections, installed once before anything is served.
+fn harden_process() {
+    // A confined program usually runs as the same user: without this it could read proxyd's
+    // memory (the interception CA's key, the admin token) through /proc/PID/mem or ptrace,
+    // and find its admin port through /proc/PID/fd. Also disables core dumps.
+    #[cfg(target_os = "linux")]
+    if let Err(err) =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+    {
+        tracing::warn!(error = %err, "could not make the process non-dumpable");
+    }
+    // Every connection, tunnel and UDP association holds descriptors: use all the hard limit
+    // allows, so `max_connections` is not cut short by a low soft limit (often 1024).
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    if let (Some(current), Some(maximum)) = (limit.current, limit.maximum)
+        && current < maximum
+    {
+        let raised = rustix::process::Rlimit { current: Some(maximum), maximum: Some(maximum) };
+        if let Err(err) = rustix::process::setrlimit(rustix::process::Resource::Nofile, raised) {
+            tracing::debug!(error = %err, "could not raise the open-file limit");
+        }
+    }
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    harden_process();
     // One crypto provider for the process (STYLE.md): ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
     tokio::runtime::Builder::new_multi_thread()
@@ -144,12 +169,7 @@ fn ca(config: &Config, command: CaCommand) -> anyhow::Result<()> {
     match command {
         CaCommand::Path => println!("{}", path.display()),
         CaCommand::Export { file } => {
-            let pem = std::fs::read_to_string(&path).with_context(|| {
-                format!(
-                    "reading {} (proxyd writes it when it starts with network.mitm = true)",
-                    path.display()
-                )
-            })?;
+            let pem = proxyd::ca::read_cert(dir)?;
             match file {
                 Some(file) => std::fs::write(&file, pem)
                     .with_context(|| format!("writing {}", file.display()))?,
