@@ -32,7 +32,7 @@ use self::load::{Rate, Window};
 use self::opts::{Opts, USAGE};
 use self::origin::Origin;
 use self::report::{Metric, Report, Setup};
-use self::systems::{Running, System};
+use self::systems::{Pinned, Running, System};
 use crate::{cargo, cargo_metadata, run_status};
 
 /// Set in the environment of the release build that `cargo xtask bench` hands over to.
@@ -251,7 +251,8 @@ impl Bench<'_> {
         (rate.ops > 0).then_some(rate)
     }
 
-    fn http(&mut self, system: System, via: Via) {
+    /// `pid`: the system's process, pinned with the bench for the one-CPU latency test.
+    fn http(&mut self, system: System, via: Via, pid: Option<u32>) {
         let origin = self.origin.http;
         let window = self.window();
         let clients = self.opts.clients;
@@ -279,6 +280,16 @@ impl Bench<'_> {
         if let Some(rate) = self.rate(system, "HTTP, 1 client", test) {
             self.report.record(system, Metric::Http1P50, rate.p50_us);
             self.report.record(system, Metric::Http1P99, rate.p99_us);
+        }
+        let mut pids = vec![std::process::id()];
+        pids.extend(pid);
+        let pinned = Pinned::new(&pids, "0");
+        let test = load::http_keepalive(via, origin, 1, window);
+        let rate = self.rate(system, "HTTP, 1 client, one CPU", test);
+        drop(pinned);
+        if let Some(rate) = rate {
+            self.report.record(system, Metric::Http1P50OneCpu, rate.p50_us);
+            self.report.record(system, Metric::Http1P99OneCpu, rate.p99_us);
         }
     }
 
@@ -321,7 +332,7 @@ impl Bench<'_> {
 
     fn direct(&mut self) {
         let system = System::Direct;
-        self.http(system, Via::Direct);
+        self.http(system, Via::Direct, None);
         self.connects(system, Via::Direct, &[Metric::ConnectRate, Metric::SocksRate]);
         let streams = self.opts.streams;
         self.throughput(system, Via::Direct, 1, &[Metric::ConnectTput1, Metric::SocksTput1]);
@@ -333,7 +344,7 @@ impl Bench<'_> {
         let streams = self.opts.streams;
         if let Some(proxy) = run.http {
             let via = Via::Http(proxy);
-            self.http(system, via);
+            self.http(system, via, Some(run.pid()));
             self.connects(system, via, &[Metric::ConnectRate]);
             self.throughput(system, via, 1, &[Metric::ConnectTput1]);
             self.throughput(system, via, streams, &[Metric::ConnectTput8]);

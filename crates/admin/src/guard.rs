@@ -47,10 +47,11 @@ pub(crate) fn check(
             return Err(Refusal::CrossSite);
         }
     }
-    if let Some(token) = token {
-        if path != "/health" && !bearer_matches(headers, token) {
-            return Err(Refusal::Token);
-        }
+    if let Some(token) = token
+        && path != "/health"
+        && !bearer_matches(headers, token)
+    {
+        return Err(Refusal::Token);
     }
     Ok(())
 }

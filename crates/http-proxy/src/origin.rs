@@ -82,17 +82,9 @@ pub(crate) async fn open(
 async fn open_direct(shared: &Shared, url: &AbsoluteUrl, upgrade: bool) -> Result<Opened, Failure> {
     let checked = shared.engine.resolve_checked(&url.target).await.map_err(Failure::Dial)?;
     let dns_time = Some(checked.dns_time);
-    if !upgrade {
-        if let Some((sender, key)) = shared.pool.checkout(url.scheme, &checked) {
-            let key = Some(key);
-            return Ok(Opened {
-                sender,
-                key,
-                dns_time,
-                connect_time: None,
-                proxy_authorization: None,
-            });
-        }
+    if !upgrade && let Some((sender, key)) = shared.pool.checkout(url.scheme, &checked) {
+        let key = Some(key);
+        return Ok(Opened { sender, key, dns_time, connect_time: None, proxy_authorization: None });
     }
     let connected = shared.engine.dialer().connect(&checked).await.map_err(Failure::Dial)?;
     let key = PoolKey {

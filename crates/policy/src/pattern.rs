@@ -303,11 +303,11 @@ fn parse_wildcard(name: &str) -> Result<HostPattern, PatternErrorKind> {
         Host::Name(_) => Ok(()),
         Host::Ip(_) => Err(PatternErrorKind::InvalidIp),
     })?;
-    if fixed == labels.len() {
-        if let Some(leading) = leading {
-            let apex = leading == Leading::ZeroOrMore;
-            return Ok(HostPattern::Suffix { suffix: suffix.into(), apex });
-        }
+    if fixed == labels.len()
+        && let Some(leading) = leading
+    {
+        let apex = leading == Leading::ZeroOrMore;
+        return Ok(HostPattern::Suffix { suffix: suffix.into(), apex });
     }
     Ok(HostPattern::Glob(Glob { leading, labels }))
 }

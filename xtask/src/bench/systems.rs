@@ -449,9 +449,51 @@ fn start_microsocks(binary: &Path, dir: &Path, nofile: u64) -> Result<Running> {
     Ok(running)
 }
 
-/// Resident memory of `pid` and all its descendants: the sum of `VmRSS` (which counts a page
-/// shared by forked processes once per process) and of `Pss` (which splits it), in KiB.
-pub(super) fn memory_kib(pid: u32) -> (u64, u64) {
+/// Every thread of `pids` (and of their descendants) on the CPUs in `cpus` (`taskset` list
+/// syntax), while alive; back on every CPU when dropped. On a virtual machine a wake-up on
+/// another vCPU costs an inter-processor interrupt through the hypervisor, tens of
+/// microseconds when that vCPU is halted: with everything on one CPU, a one-client
+/// ping-pong measures the software rather than the hypervisor.
+pub(super) struct Pinned {
+    pids: Vec<u32>,
+    /// Every online CPU, to go back to. Not `available_parallelism`: that follows the
+    /// affinity mask, which is exactly what this changes.
+    online: String,
+}
+
+impl Pinned {
+    pub(super) fn new(pids: &[u32], cpus: &str) -> Pinned {
+        let online = fs::read_to_string("/sys/devices/system/cpu/online")
+            .map(|list| list.trim().to_owned())
+            .unwrap_or_default();
+        let pids: Vec<u32> = pids.iter().flat_map(|&pid| tree(pid)).collect();
+        if !online.is_empty() {
+            set_affinity(&pids, cpus);
+        }
+        Pinned { pids, online }
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        if !self.online.is_empty() {
+            set_affinity(&self.pids, &self.online);
+        }
+    }
+}
+
+fn set_affinity(pids: &[u32], cpus: &str) {
+    for pid in pids {
+        let _ = Command::new("taskset")
+            .args(["-a", "-p", "-c", cpus, &pid.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// `pid` and all its descendants.
+fn tree(pid: u32) -> Vec<u32> {
     let mut parents = Vec::new();
     if let Ok(entries) = fs::read_dir("/proc") {
         for entry in entries.flatten() {
@@ -476,6 +518,12 @@ pub(super) fn memory_kib(pid: u32) -> (u64, u64) {
         tree.extend(parents.iter().filter(|(_, ppid)| *ppid == parent).map(|(child, _)| *child));
         i += 1;
     }
+    tree
+}
+
+/// Resident memory of `pid` and all its descendants: the sum of `VmRSS` (which counts a page
+/// shared by forked processes once per process) and of `Pss` (which splits it), in KiB.
+pub(super) fn memory_kib(pid: u32) -> (u64, u64) {
     let field = |path: String, name: &str| -> u64 {
         fs::read_to_string(path)
             .unwrap_or_default()
@@ -484,7 +532,7 @@ pub(super) fn memory_kib(pid: u32) -> (u64, u64) {
             .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
             .unwrap_or(0)
     };
-    tree.iter().fold((0, 0), |(rss, pss), pid| {
+    tree(pid).iter().fold((0, 0), |(rss, pss), pid| {
         (
             rss + field(format!("/proc/{pid}/status"), "VmRSS:"),
             pss + field(format!("/proc/{pid}/smaps_rollup"), "Pss:"),

@@ -223,11 +223,11 @@ impl Canary {
                 if shared.stop.load(Ordering::SeqCst) {
                     break;
                 }
-                if let Ok(stream) = stream {
-                    if let Ok(peer) = stream.peer_addr() {
-                        lock(&shared.seen).push(peer);
-                        shared.changed.notify_all();
-                    }
+                if let Ok(stream) = stream
+                    && let Ok(peer) = stream.peer_addr()
+                {
+                    lock(&shared.seen).push(peer);
+                    shared.changed.notify_all();
                 }
             }
         });

@@ -176,12 +176,12 @@ impl From<NetworkProxyHandle> for Handle {
 impl Drop for Handle {
     fn drop(&mut self) {
         // A test that failed early: stop the listeners in the background.
-        if let Some(handle) = self.0.take() {
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move {
-                    let _ = timeout(BOUND, handle.shutdown()).await;
-                });
-            }
+        if let Some(handle) = self.0.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                let _ = timeout(BOUND, handle.shutdown()).await;
+            });
         }
     }
 }

@@ -14,8 +14,6 @@ pub(super) enum Expect {
     /// A Unicode spelling: malformed on the HTTP wire (request targets are ASCII), and, as a
     /// SOCKS5 domain converted with IDNA (SPEC §3), blocked (0x02).
     Unicode,
-    /// `400` or `403`; SOCKS5 0x01, 0x02 or 0x08.
-    Refused,
     /// A control: allowed, and it must reach the canary.
     Reaches,
 }
@@ -25,7 +23,6 @@ impl Expect {
         match self {
             Expect::Blocked(reason) => format!("403 {} {reason}", super::header_for(reason)),
             Expect::Malformed | Expect::Unicode => "400".into(),
-            Expect::Refused => "400 or 403".into(),
             Expect::Reaches => "the canary".into(),
         }
     }
@@ -34,7 +31,6 @@ impl Expect {
         match self {
             Expect::Malformed => "0x01 or 0x08",
             Expect::Blocked(_) | Expect::Unicode => "0x02",
-            Expect::Refused => "0x01, 0x02 or 0x08",
             Expect::Reaches => "0x00",
         }
     }
