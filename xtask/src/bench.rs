@@ -153,6 +153,23 @@ fn measure_all(
         .build()
         .context("starting the bench runtime")?;
     let origin = rt.block_on(origin::start())?;
+    // Interrupted (Ctrl-C, SIGTERM): stop every system and remove the configs, then exit.
+    let dir = work.to_path_buf();
+    rt.spawn(async move {
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            return;
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("bench: interrupted; stopping every system");
+        systems::kill_all();
+        let _ = fs::remove_dir_all(&dir);
+        std::process::exit(130);
+    });
 
     let setup = Setup {
         command: format!("cargo xtask bench {}", opts.args.join(" ")).trim_end().to_owned(),

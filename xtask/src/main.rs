@@ -4,7 +4,8 @@
 //!
 //! - `ci`: fmt check, clippy `-D warnings`, `cargo test --workspace`, then `e2e`.
 //! - `e2e`: builds the release `proxyd` binary and drives it with real clients.
-//! - `bench`: criterion benchmarks (never part of `ci`: timings are not assertions).
+//! - `bench`: proxyd side by side with direct, squid, tinyproxy, dante and microsocks, plus the
+//!   criterion benchmarks (never part of `ci`: timings are not assertions).
 //! - `tidy`: the repository rules of STYLE.md, also run as a `#[test]` by `cargo test`.
 
 mod bench;
@@ -24,7 +25,7 @@ usage: cargo xtask <command>
 commands:
   ci      cargo fmt --check, clippy -D warnings, cargo test --workspace, then e2e
   e2e     build the release proxyd binary and run the end-to-end scenarios
-  bench   run the criterion benchmarks (not part of ci)
+  bench   proxyd vs direct and peer proxies, and the criterion benchmarks (not part of ci)
   tidy    check dependency layering, policy purity and workspace lints";
 
 fn main() -> ExitCode {

@@ -220,6 +220,8 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
+        let id = self.child.id();
+        GROUPS.lock().unwrap_or_else(|e| e.into_inner()).retain(|group| *group != id);
         if matches!(self.child.try_wait(), Ok(Some(_))) {
             self.signal_group("-KILL"); // leftover children of an exited leader
             return;
@@ -265,7 +267,20 @@ fn command(program: &Path, nofile: u64, log: &Path) -> Result<Command> {
 
 fn spawn(system: System, mut cmd: Command, log: PathBuf) -> Result<Running> {
     let child = cmd.spawn().with_context(|| format!("starting {}", system.name()))?;
+    GROUPS.lock().unwrap_or_else(|e| e.into_inner()).push(child.id());
     Ok(Running { system, http: None, socks: None, child, log })
+}
+
+/// The process groups of every system still running, for [`kill_all`].
+static GROUPS: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+/// Kills every system still running, by process group: for a bench stopped by a signal, which
+/// runs no destructor.
+pub(super) fn kill_all() {
+    let groups = std::mem::take(&mut *GROUPS.lock().unwrap_or_else(|e| e.into_inner()));
+    for group in groups {
+        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{group}")]).status();
+    }
 }
 
 /// Starts `system` from `binary` with its config in `dir` (created if missing).
