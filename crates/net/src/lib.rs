@@ -27,9 +27,11 @@
 //!   every attempt fails, the last error decides between `Refused` and `Unreachable`.
 //! - **No second resolution**: `localhost` names and IP literals use `Host::fixed_addrs()` and
 //!   never reach the resolver. Answers are deduplicated, order kept.
-//! - **Splice** polls both directions in the caller's task with one [`SPLICE_BUFFER_SIZE`]
-//!   (64 KiB) buffer per direction, allocated once per tunnel. The idle clock is an `Instant`
-//!   of last progress checked when one timer fires, so no timer is re-armed per chunk.
+//! - **Splice** polls both directions in the caller's task. Each direction starts with a
+//!   [`SPLICE_INITIAL_BUFFER_SIZE`] (4 KiB) buffer and moves to [`SPLICE_BUFFER_SIZE`]
+//!   (64 KiB) the first time a read fills it, so idle tunnels stay small and bulk transfers
+//!   are not bound by syscall count. The idle clock is an `Instant` of last progress checked
+//!   when one timer fires, so no timer is re-armed per chunk.
 //! - **Accept loop**: a permit is taken before `accept`, so excess clients wait in the kernel
 //!   backlog rather than in proxyd's memory. Resource exhaustion (EMFILE, ENFILE, ENOBUFS,
 //!   ENOMEM) backs off 5 ms doubling to 1 s. Accepted sockets get `TCP_NODELAY`.
@@ -50,4 +52,4 @@ pub use engine::{
 };
 pub use error::DialError;
 pub use resolve::{BoxFuture, Resolver, StaticResolver, SystemResolver};
-pub use splice::{SPLICE_BUFFER_SIZE, splice};
+pub use splice::{SPLICE_BUFFER_SIZE, SPLICE_INITIAL_BUFFER_SIZE, splice};

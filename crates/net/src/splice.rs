@@ -1,8 +1,10 @@
 //! Bidirectional copy for tunnels (SPEC §7.3): half-close handled, one idle clock across both
 //! directions, and an external `close` signal for drain and limited-mode switches.
 //!
-//! Both directions are polled from the caller's task, each with one buffer allocated when the
-//! tunnel starts, so a tunnel costs no task spawns and no per-chunk allocation.
+//! Both directions are polled from the caller's task, so a tunnel costs no task spawns. Each
+//! direction starts with a small buffer and switches to a large one the first time a read fills
+//! it: an idle or chatty tunnel holds 2 × 4 KiB, a bulk transfer gets 64 KiB per syscall, and
+//! no chunk allocates.
 
 use std::future::{Future, poll_fn};
 use std::io;
@@ -13,9 +15,12 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep, sleep_until};
 
-/// Buffer size per direction. Large enough that a loopback or LAN transfer is not bound by
-/// syscall count; two of them per tunnel.
+/// Buffer size per direction once a transfer is under way. Large enough that a loopback or LAN
+/// transfer is not bound by syscall count.
 pub const SPLICE_BUFFER_SIZE: usize = 64 * 1024;
+
+/// Buffer size per direction until a read fills it: what an idle tunnel costs.
+pub const SPLICE_INITIAL_BUFFER_SIZE: usize = 4 * 1024;
 
 /// Copies `a → b` and `b → a` until both directions are done, and returns the bytes moved as
 /// `(a_to_b, b_to_a)`.
@@ -101,6 +106,8 @@ fn poll_idle(
 /// the writer.
 struct Pump {
     buf: Box<[u8]>,
+    /// The last read filled `buf`: switch to the large buffer once it is drained.
+    grow: bool,
     /// `buf[start..end]` is read but not yet written.
     start: usize,
     end: usize,
@@ -116,7 +123,8 @@ struct Pump {
 impl Pump {
     fn new() -> Pump {
         Pump {
-            buf: vec![0; SPLICE_BUFFER_SIZE].into_boxed_slice(),
+            buf: vec![0; SPLICE_INITIAL_BUFFER_SIZE].into_boxed_slice(),
+            grow: false,
             start: 0,
             end: 0,
             read_eof: false,
@@ -143,6 +151,10 @@ impl Pump {
         }
         loop {
             if self.start == self.end && !self.read_eof {
+                if self.grow {
+                    self.buf = vec![0; SPLICE_BUFFER_SIZE].into_boxed_slice();
+                    self.grow = false;
+                }
                 let mut buf = ReadBuf::new(&mut self.buf);
                 match reader.as_mut().poll_read(cx, &mut buf) {
                     Poll::Ready(result) => result?,
@@ -163,6 +175,7 @@ impl Pump {
                     self.start = 0;
                     self.end = n;
                     self.progressed = true;
+                    self.grow = n == self.buf.len() && self.buf.len() < SPLICE_BUFFER_SIZE;
                 }
             }
             while self.start < self.end {
@@ -197,6 +210,29 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
 
     use super::*;
+
+    /// Polls `pump` once, reading from `reader` into a sink.
+    async fn pump_once(pump: &mut Pump, reader: &mut tokio::io::DuplexStream) {
+        let mut sink = tokio::io::sink();
+        poll_fn(|cx| {
+            let _ = pump.poll(cx, Pin::new(&mut *reader), Pin::new(&mut sink));
+            Poll::Ready(())
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn buffers_start_small_and_grow_only_when_a_read_fills_them() {
+        let (mut client, mut server) = duplex(1 << 20);
+        let mut pump = Pump::new();
+        client.write_all(&[1u8; 100]).await.unwrap();
+        pump_once(&mut pump, &mut server).await;
+        assert_eq!(pump.buf.len(), SPLICE_INITIAL_BUFFER_SIZE, "a small exchange stays small");
+        client.write_all(&vec![2u8; 3 * SPLICE_INITIAL_BUFFER_SIZE]).await.unwrap();
+        pump_once(&mut pump, &mut server).await;
+        assert_eq!(pump.buf.len(), SPLICE_BUFFER_SIZE, "a full read switches to the large buffer");
+        assert_eq!(pump.amount, 100 + 3 * SPLICE_INITIAL_BUFFER_SIZE as u64);
+    }
 
     const BOUND: Duration = Duration::from_secs(5);
 
