@@ -33,16 +33,22 @@ pub(crate) fn check(
     own: SocketAddr,
     token: Option<&str>,
 ) -> Result<(), Refusal> {
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    // Exactly one Host header, and every value of the cross-site headers is checked: a
+    // second header must not hide behind the first.
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host = hosts.next().and_then(|h| h.to_str().ok()).filter(|_| hosts.next().is_none());
     if !host.is_some_and(|h| host_is_allowed(h, own)) {
         return Err(Refusal::Host);
     }
     if method != Method::GET && method != Method::HEAD {
         let cross_site = headers
-            .get("sec-fetch-site")
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"));
-        let foreign_origin =
-            headers.get(header::ORIGIN).is_some_and(|o| !o.to_str().is_ok_and(origin_is_loopback));
+            .get_all("sec-fetch-site")
+            .iter()
+            .any(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"));
+        let foreign_origin = headers
+            .get_all(header::ORIGIN)
+            .iter()
+            .any(|o| !o.to_str().is_ok_and(origin_is_loopback));
         if cross_site || foreign_origin {
             return Err(Refusal::CrossSite);
         }
@@ -169,6 +175,13 @@ mod tests {
         check_req("GET", "/health", &[("host", "localhost.evil.com")], None, Err(Refusal::Host));
         check_req("GET", "/health", &[("host", "127.0.0.1:9999")], None, Err(Refusal::Host));
         check_req("GET", "/health", &[], None, Err(Refusal::Host));
+        check_req(
+            "GET",
+            "/health",
+            &[("host", "127.0.0.1:8080"), ("host", "evil.com")],
+            None,
+            Err(Refusal::Host),
+        );
     }
 
     #[test]
@@ -201,6 +214,20 @@ mod tests {
         );
         check_req("POST", "/mode", &[host, ("sec-fetch-site", "same-origin")], None, Ok(()));
         check_req("GET", "/blocked", &[host, ("origin", "https://evil.com")], None, Ok(()));
+        check_req(
+            "POST",
+            "/mode",
+            &[host, ("origin", "http://localhost"), ("origin", "https://evil.com")],
+            None,
+            Err(Refusal::CrossSite),
+        );
+        check_req(
+            "POST",
+            "/mode",
+            &[host, ("sec-fetch-site", "same-origin"), ("sec-fetch-site", "cross-site")],
+            None,
+            Err(Refusal::CrossSite),
+        );
     }
 
     #[test]

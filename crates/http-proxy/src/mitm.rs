@@ -117,8 +117,24 @@ async fn serve(
     let acceptor = LazyConfigAcceptor::new(Acceptor::default(), TokioIo::new(upgraded));
     let start = match timeout(handshake_timeout, acceptor).await {
         Ok(Ok(start)) => start,
-        Ok(Err(err)) => return tracing::debug!(error = %err, "reading the client hello failed"),
-        Err(_) => return tracing::debug!("client hello timed out"),
+        // Not TLS (or not in time): nothing reaches any origin, but the attempt is recorded,
+        // since a client sending plaintext into an intercepted tunnel is worth seeing.
+        result => {
+            let code = match result {
+                Ok(Err(err)) => {
+                    tracing::info!(error = %err, "not a tls client hello inside an intercepted tunnel");
+                    "mitm_not_tls"
+                }
+                _ => {
+                    tracing::debug!("client hello timed out");
+                    "mitm_hello_timeout"
+                }
+            };
+            let engine = &shared.engine;
+            let event =
+                engine.event(&inner_attempt(&target, peer, None), Outcome::Failed(code.into()));
+            return engine.record(event);
+        }
     };
     let sni = start.client_hello().server_name().map(str::to_owned);
     if !sni_matches(&target.host, sni.as_deref()) {

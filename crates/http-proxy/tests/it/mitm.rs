@@ -278,3 +278,26 @@ async fn full_mode_keeps_plain_tunnels() -> anyhow::Result<()> {
     assert_eq!(proxy.outcomes(), [(Protocol::HttpConnect, Outcome::Allowed)]);
     Ok(())
 }
+
+/// Plaintext sent into an intercepted tunnel reaches nobody, and the attempt is recorded.
+#[tokio::test]
+async fn plaintext_inside_an_intercepted_tunnel_is_recorded_and_goes_nowhere() -> anyhow::Result<()>
+{
+    use tokio::io::AsyncWriteExt;
+    let Setup { origin, proxy, _dir } = setup(true).await?;
+    let authority = format!("allowed.test:{}", origin.addr().port());
+    let mut client = Client::connect(proxy.addr).await?;
+    client.write(connect_request(&authority)).await?;
+    let head = client.head().await?;
+    anyhow::ensure!(head.status == 200, "CONNECT {authority}: {head:?}");
+    let mut stream = client.into_stream()?;
+    stream
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: allowed.test\r\nContent-Length: 1\r\n\r\nx")
+        .await?;
+    let mut rest = Vec::new();
+    let _ = timeout(TIMEOUT, stream.read_to_end(&mut rest)).await?;
+    assert_eq!(origin.hits(), 0);
+    let not_tls = (Protocol::Https, Outcome::Failed("mitm_not_tls".into()));
+    assert_eq!(proxy.outcomes(), [(Protocol::HttpConnect, Outcome::Allowed), not_tls]);
+    Ok(())
+}
