@@ -9,7 +9,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use proxyd_net::{Attempt, Connections, DialError, Engine, Outcome, Tracked, accept_loop};
+use proxyd_net::{Attempt, Connections, DialError, Engine, Outcome, Tracked, accept_loop, drain};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -87,18 +87,7 @@ impl HttpProxy {
         )
         .await;
         self.shared.stopping.send_replace(true);
-        let drain = self.shared.settings.drain_timeout;
-        let drained = async {
-            connections.wait_idle().await;
-            self.shared.tunnels.wait_idle().await;
-        };
-        if tokio::time::timeout(drain, drained).await.is_err() {
-            tracing::info!(
-                connections = connections.active(),
-                tunnels = self.shared.tunnels.active(),
-                "drain timeout: closing what is left"
-            );
-        }
+        drain(&[&connections, &self.shared.tunnels], self.shared.settings.drain_timeout).await;
         self.shared.drained.send_replace(true);
         self.shared.engine.close_tunnels();
     }

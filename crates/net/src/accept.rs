@@ -181,6 +181,23 @@ const EXHAUSTION_ERRNOS: [i32; 2] = [10024 /* WSAEMFILE */, 10055 /* WSAENOBUFS 
 #[cfg(not(any(unix, windows)))]
 const EXHAUSTION_ERRNOS: [i32; 0] = [];
 
+/// After the accept loop has stopped: waits up to `drain_timeout` for every handler and tunnel
+/// in `tracked` to finish (SPEC §7.5). Returns whether they all did; when they did not, the
+/// caller closes what is left.
+pub async fn drain(tracked: &[&Connections], drain_timeout: std::time::Duration) -> bool {
+    let all_idle = async {
+        for connections in tracked {
+            connections.wait_idle().await;
+        }
+    };
+    if tokio::time::timeout(drain_timeout, all_idle).await.is_ok() {
+        return true;
+    }
+    let open: Vec<usize> = tracked.iter().map(|c| c.active()).collect();
+    tracing::info!(?open, "drain timeout: closing what is left");
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

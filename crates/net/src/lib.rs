@@ -44,7 +44,7 @@ mod happy_eyeballs;
 mod resolve;
 mod splice;
 
-pub use accept::{Connections, Tracked, accept_loop};
+pub use accept::{Connections, Tracked, accept_loop, drain};
 pub use dial::{CONNECTION_ATTEMPT_DELAY, Checked, Connected, Dialer};
 pub use engine::{
     Attempt, Decider, DeciderAnswer, DeciderRequest, Engine, EngineBuilder, Event, EventSink,

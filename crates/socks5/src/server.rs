@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use fast_socks5::consts;
-use proxyd_net::{Connections, Engine, accept_loop};
+use proxyd_net::{Connections, Engine, accept_loop, drain};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::{Instant, timeout_at};
@@ -71,14 +71,7 @@ impl Socks5Proxy {
             handler,
         )
         .await;
-        let drain = self.shared.settings.drain_timeout;
-        if tokio::time::timeout(drain, connections.wait_idle()).await.is_err() {
-            tracing::info!(
-                connections = connections.active(),
-                tunnels = self.shared.tunnels.active(),
-                "drain timeout: closing what is left"
-            );
-        }
+        drain(&[&connections], self.shared.settings.drain_timeout).await;
         self.shared.engine.close_tunnels();
     }
 }
