@@ -14,6 +14,10 @@ use proxyd_policy::{Host, Scheme};
 /// Idle upstream connections kept per (scheme, host, port, address).
 const MAX_IDLE_PER_KEY: usize = 16;
 
+/// Distinct keys kept. Past this, closed connections are pruned; if that frees no room, a
+/// connection for a new key is simply not pooled, so many hosts cannot grow the pool forever.
+const MAX_KEYS: usize = 1024;
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct PoolKey {
     pub(crate) scheme: Scheme,
@@ -62,9 +66,76 @@ impl Pool {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if !idle.contains_key(&key) && idle.len() >= MAX_KEYS {
+            idle.retain(|_, senders| {
+                senders.retain(|sender| !sender.is_closed());
+                !senders.is_empty()
+            });
+            if idle.len() >= MAX_KEYS {
+                return;
+            }
+        }
         let senders = idle.entry(key).or_default();
         if senders.len() < MAX_IDLE_PER_KEY {
             senders.push(sender);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hyper_util::rt::TokioIo;
+
+    use super::*;
+
+    /// A sender over an in-memory pipe; it stays open while `server` is kept.
+    async fn sender() -> (SendRequest<Incoming>, tokio::io::DuplexStream) {
+        let (client, server) = tokio::io::duplex(64);
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(client))
+            .await
+            .expect("handshake over a pipe");
+        tokio::spawn(conn);
+        (sender, server)
+    }
+
+    fn key(i: usize) -> PoolKey {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 1));
+        let host = Host::Name(format!("h{i}.test").into());
+        PoolKey { scheme: Scheme::Http, host, port: 80, addr }
+    }
+
+    fn keys(pool: &Pool) -> usize {
+        pool.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    #[tokio::test]
+    async fn the_number_of_keys_is_bounded_and_closed_connections_make_room() {
+        let pool = Pool::default();
+        let mut servers = Vec::new();
+        for i in 0..MAX_KEYS + 5 {
+            let (sender, server) = sender().await;
+            pool.checkin(key(i), sender);
+            servers.push(server);
+        }
+        assert_eq!(keys(&pool), MAX_KEYS, "new keys past the bound are not pooled");
+        // Closing the first connection frees its key for a new one.
+        drop(servers.remove(0));
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let (sender, server) = sender().await;
+            pool.checkin(key(MAX_KEYS + 100), sender);
+            servers.push(server);
+            let (pooled, old_kept, len) = {
+                let idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
+                (idle.contains_key(&key(MAX_KEYS + 100)), idle.contains_key(&key(0)), idle.len())
+            };
+            if pooled {
+                assert!(!old_kept, "the closed connection was pruned");
+                assert_eq!(len, MAX_KEYS);
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "closed connection never pruned");
+            tokio::task::yield_now().await;
         }
     }
 }
