@@ -68,14 +68,27 @@ fn host_is_allowed(host: &str, own: SocketAddr) -> bool {
     if port.is_some_and(|p| p != own.port()) {
         return false;
     }
-    let name = name.trim_end_matches('.').to_ascii_lowercase();
-    if name == "localhost" || name.ends_with(".localhost") {
+    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    if is_localhost(&name) {
         return true;
     }
     match name.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
         Ok(ip) => ip.to_canonical().is_loopback() || ip == own.ip(),
         Err(_) => false,
     }
+}
+
+/// `localhost` or a name under it (RFC 6761 §6.3), with no empty label.
+fn is_localhost(name: &str) -> bool {
+    name == "localhost"
+        || name
+            .strip_suffix(".localhost")
+            .is_some_and(|head| !head.is_empty() && head.split('.').all(|l| !l.is_empty()))
+}
+
+/// Digits only: `u16::from_str` would also take `+8080`.
+fn port_number(port: &str) -> Option<u16> {
+    port.bytes().all(|b| b.is_ascii_digit()).then(|| port.parse().ok()).flatten()
 }
 
 /// `host[:port]` or `[v6][:port]`.
@@ -85,11 +98,11 @@ fn split_host_port(input: &str) -> Option<(&str, Option<u16>)> {
         let (host, rest) = input.split_at(end + 1);
         return match rest {
             "" => Some((host, None)),
-            rest => Some((host, Some(rest.strip_prefix(':')?.parse().ok()?))),
+            rest => Some((host, Some(port_number(rest.strip_prefix(':')?)?))),
         };
     }
     match input.rsplit_once(':') {
-        Some((host, port)) if !host.contains(':') => Some((host, Some(port.parse().ok()?))),
+        Some((host, port)) if !host.contains(':') => Some((host, Some(port_number(port)?))),
         Some(_) => None,
         None => Some((input, None)),
     }
@@ -103,8 +116,7 @@ fn origin_is_loopback(origin: &str) -> bool {
     }
     let Some((name, _)) = split_host_port(rest) else { return false };
     let name = name.to_ascii_lowercase();
-    name == "localhost"
-        || name.ends_with(".localhost")
+    is_localhost(&name)
         || name
             .trim_start_matches('[')
             .trim_end_matches(']')
@@ -175,6 +187,12 @@ mod tests {
         check_req("GET", "/health", &[("host", "localhost.evil.com")], None, Err(Refusal::Host));
         check_req("GET", "/health", &[("host", "127.0.0.1:9999")], None, Err(Refusal::Host));
         check_req("GET", "/health", &[], None, Err(Refusal::Host));
+        check_req("GET", "/health", &[("host", "localhost:+8080")], None, Err(Refusal::Host));
+        check_req("GET", "/health", &[("host", "localhost...")], None, Err(Refusal::Host));
+        check_req("GET", "/health", &[("host", ".localhost")], None, Err(Refusal::Host));
+        check_req("GET", "/health", &[("host", "a..localhost")], None, Err(Refusal::Host));
+        check_req("GET", "/health", &[("host", "localhost.")], None, Ok(()));
+        check_req("GET", "/health", &[("host", "api.localhost:8080")], None, Ok(()));
         check_req(
             "GET",
             "/health",
