@@ -21,10 +21,9 @@ use std::sync::Arc;
 
 use http::{Method, Request, Response, StatusCode, Uri, header};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::upgrade::Upgraded;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use proxyd_net::{Attempt, Connections, Outcome};
 use proxyd_policy::{Host, Protocol, Reason, SideDoors, Target};
 use rustls::server::Acceptor;
@@ -32,9 +31,8 @@ use tokio::time::timeout;
 use tokio_rustls::LazyConfigAcceptor;
 
 use crate::ca::InterceptCa;
-use crate::idle::{Clocked, IdleClock};
 use crate::respond::{self, Blocked};
-use crate::server::{Shared, refuse, track_tunnel};
+use crate::server::{Shared, drive, refuse, track_tunnel};
 use crate::{Body, forward, headers};
 
 /// The rest of a `CONNECT` the policy allowed for interception: check that the CA may sign
@@ -173,34 +171,7 @@ async fn serve(
         let (shared, target, tunnels) = (svc_shared.clone(), target.clone(), tunnels.clone());
         async move { Ok::<_, Infallible>(handle(&shared, peer, &target, req, &tunnels).await) }
     });
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(shared.settings.header_read_timeout)
-        .keep_alive(true);
-    let clock = IdleClock::new();
-    let conn = builder.serve_connection(TokioIo::new(Clocked::new(tls, clock.clone())), service);
-    let conn = conn.with_upgrades();
-    tokio::pin!(conn);
-    let mut stopping = shared.stopping.subscribe();
-    let mut drained = shared.drained.subscribe();
-    let closing = tokio::select! {
-        result = conn.as_mut() => {
-            if let Err(err) = result {
-                tracing::debug!(error = %err, "intercepted connection ended with an error");
-            }
-            false
-        }
-        _ = stopping.wait_for(|stopping| *stopping) => true,
-        _ = clock.idle(shared.settings.idle_timeout) => true,
-    };
-    if closing {
-        conn.as_mut().graceful_shutdown();
-        tokio::select! {
-            _ = conn.as_mut() => {}
-            _ = drained.wait_for(|drained| *drained) => {}
-        }
-    }
+    drive(&shared, tls, service, shared.stopping.subscribe()).await;
 }
 
 /// The TLS server name rule of the tunnel (see the module docs). Names are compared in

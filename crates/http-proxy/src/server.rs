@@ -7,15 +7,16 @@ use std::sync::Arc;
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
-use hyper::service::service_fn;
+use hyper::service::{HttpService, service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use proxyd_net::{Attempt, Connections, DialError, Engine, Outcome, Tracked, accept_loop, drain};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::idle::{Clocked, IdleClock};
 use crate::pool::Pool;
-use crate::{Body, Settings, connect, forward, respond};
+use crate::{Body, BoxError, Settings, connect, forward, respond};
 
 /// State shared by every connection of one listener.
 pub(crate) struct Shared {
@@ -97,7 +98,7 @@ async fn serve_connection(
     shared: Arc<Shared>,
     stream: TcpStream,
     peer: SocketAddr,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     // Tunnels opened on this connection: it keeps its `max_connections` slot until they end.
     let conn_tunnels = Connections::new();
@@ -108,6 +109,27 @@ async fn serve_connection(
         let tunnels = svc_tunnels.clone();
         async move { Ok::<_, Infallible>(handle(shared, peer, req, &tunnels).await) }
     });
+    // The connection is dropped when `drive` returns, so a CONNECT whose upgrade never
+    // happened (a drain that ran out mid-dial) releases its tunnel guard.
+    drive(&shared, stream, service, stop).await;
+    // Tunnels end by themselves, by their idle timeout, limited mode or the end of a drain.
+    conn_tunnels.wait_idle().await;
+}
+
+/// Serves one HTTP/1.1 client connection (a plain one, or the decrypted stream of an
+/// intercepted tunnel) until it ends. When `stop` turns true or the connection has been idle
+/// in both directions for `idle_timeout` (SPEC §2.2), the request in flight is finished and the
+/// connection closed; a drain that runs out closes it anyway.
+pub(crate) async fn drive<S, Svc>(
+    shared: &Shared,
+    stream: S,
+    service: Svc,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    Svc: HttpService<Incoming, ResBody = Body>,
+    Svc::Error: Into<BoxError>,
+{
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -115,41 +137,32 @@ async fn serve_connection(
         .keep_alive(true);
     let clock = IdleClock::new();
     let io = TokioIo::new(Clocked::new(stream, clock.clone()));
-    // The connection is dropped at the end of this block, so a CONNECT whose upgrade never
-    // happened (a drain that ran out mid-dial) releases its tunnel guard.
-    {
-        let conn = builder.serve_connection(io, service).with_upgrades();
-        tokio::pin!(conn);
-        // Not `Engine::tunnel_closed`: that also fires in limited mode, which must not cut
-        // short the requests a drain lets finish.
-        let mut drained = shared.drained.subscribe();
-        let closing = tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(err) = result {
-                    tracing::debug!(error = %err, "client connection ended with an error");
-                }
-                false
+    let conn = builder.serve_connection(io, service).with_upgrades();
+    tokio::pin!(conn);
+    // Not `Engine::tunnel_closed`: that also fires in limited mode, which must not cut short
+    // the requests a drain lets finish.
+    let mut drained = shared.drained.subscribe();
+    let closing = tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(err) = result {
+                tracing::debug!(error = %err, "client connection ended with an error");
             }
-            _ = stop.wait_for(|stop| *stop) => true,
-            // A keep-alive connection idle in both directions (SPEC §2.2 `idle_timeout`). A
-            // request that is merely slow still gets its response before the connection closes.
-            _ = clock.idle(shared.settings.idle_timeout) => {
-                tracing::debug!("client connection idle, closing");
-                true
-            }
-        };
-        if closing {
-            // Finish the request in flight, then close; a drain that runs out closes it
-            // anyway.
-            conn.as_mut().graceful_shutdown();
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = drained.wait_for(|drained| *drained) => {}
-            }
+            false
+        }
+        _ = stop.wait_for(|stop| *stop) => true,
+        // A request that is merely slow still gets its response before the connection closes.
+        _ = clock.idle(shared.settings.idle_timeout) => {
+            tracing::debug!("client connection idle, closing");
+            true
+        }
+    };
+    if closing {
+        conn.as_mut().graceful_shutdown();
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            _ = drained.wait_for(|drained| *drained) => {}
         }
     }
-    // Tunnels end by themselves, by their idle timeout, limited mode or the end of a drain.
-    conn_tunnels.wait_idle().await;
 }
 
 /// Routes one request. Every request on a keep-alive connection is a new decision.
