@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use proxyd_net::{BoxFuture, DeciderAnswer, DeciderRequest};
-use proxyd_policy::Protocol;
 
 /// What the decider is asked about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,7 +65,7 @@ pub(crate) struct Adapter {
 impl proxyd_net::Decider for Adapter {
     fn decide(&self, request: DeciderRequest) -> BoxFuture<'static, DeciderAnswer> {
         let request = NetworkPolicyRequest {
-            protocol: protocol_name(request.protocol).to_owned(),
+            protocol: request.protocol.as_str().to_owned(),
             host: request.host,
             port: request.port,
             client_addr: request.client_addr,
@@ -82,8 +81,4 @@ impl proxyd_net::Decider for Adapter {
             }
         })
     }
-}
-
-fn protocol_name(protocol: Protocol) -> &'static str {
-    protocol.as_str()
 }

@@ -240,23 +240,14 @@ impl Control for Live {
     fn metrics(&self) -> String {
         let listeners = self.listeners.read().unwrap_or_else(|e| e.into_inner());
         let tunnels = self.tunnels.read().unwrap_or_else(|e| e.into_inner());
-        let active: Vec<(&'static str, usize, usize)> = listeners
+        let active: Vec<(&str, usize, usize)> = listeners
             .iter()
             .map(|(name, _, connections)| {
                 let open_tunnels =
                     tunnels.iter().filter(|(n, _)| n == name).map(|(_, t)| t.active()).sum();
-                (static_name(name), connections.active(), open_tunnels)
+                (name.as_str(), connections.active(), open_tunnels)
             })
             .collect();
         self.metrics.render(&active)
-    }
-}
-
-fn static_name(name: &str) -> &'static str {
-    match name {
-        "http" => "http",
-        "socks5" => "socks5",
-        "admin" => "admin",
-        _ => "other",
     }
 }

@@ -105,7 +105,7 @@ impl Metrics {
     }
 
     /// Renders the registry after setting the gauges to `(listener, connections, tunnels)`.
-    pub(crate) fn render(&self, active: &[(&'static str, usize, usize)]) -> String {
+    pub(crate) fn render(&self, active: &[(&str, usize, usize)]) -> String {
         for (listener, connections, tunnels) in active {
             let labels = vec![("listener", (*listener).to_owned())];
             self.active_connections.get_or_create(&labels).set(*connections as i64);
