@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use http::HeaderValue;
 use ipnet::IpNet;
-use proxyd_policy::{Host, Scheme, Target, is_local};
+use proxyd_policy::{Host, Scheme, Target};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -69,11 +69,7 @@ impl UpstreamProxies {
         tunnel_or_https: bool,
         target: &Target,
     ) -> Option<&ProxyEndpoint> {
-        let is_local_target = match &target.host {
-            Host::Ip(ip) => is_local(*ip),
-            host => host.is_localhost_name(),
-        };
-        if is_local_target || self.no_proxy.matches(&target.host) {
+        if target.host.is_local_literal() || self.no_proxy.matches(&target.host) {
             return None;
         }
         match tunnel_or_https {

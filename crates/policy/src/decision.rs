@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::local::is_local;
 use crate::pattern_set::{MatchKind, PatternSet};
-use crate::target::{Host, Target};
+use crate::target::Target;
 
 /// `full` allows every method; `limited` is read-only (SPEC §6.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -291,7 +291,7 @@ impl Policy {
         }
         let allowed = self.allowed.matches(target);
         if !self.allow_local_binding
-            && is_local_literal(&target.host)
+            && target.host.is_local_literal()
             && allowed != Some(MatchKind::Explicit)
         {
             return Verdict::Decided(Decision::Block(Reason::NotAllowedLocal));
@@ -384,14 +384,6 @@ fn method_blocked(
         false => matches!(method, Some("GET" | "HEAD" | "OPTIONS")),
     };
     !read_only || side_doors.any()
-}
-
-/// A local IP literal or a `localhost` name (SPEC §5.2, first rule).
-fn is_local_literal(host: &Host) -> bool {
-    match host {
-        Host::Ip(ip) => is_local(*ip),
-        Host::Name(_) => host.is_localhost_name(),
-    }
 }
 
 /// Whether dialling `ip:port` would reach one of proxyd's own listeners (SPEC §7.1). A

@@ -107,6 +107,14 @@ impl Host {
         self.name().is_some_and(is_localhost_name)
     }
 
+    /// A local IP literal (SPEC §5.1) or a `localhost` name: local without any lookup.
+    pub fn is_local_literal(&self) -> bool {
+        match self {
+            Host::Ip(ip) => crate::local::is_local(*ip),
+            Host::Name(name) => is_localhost_name(name),
+        }
+    }
+
     /// Addresses this host stands for without DNS: the literal itself, or the loopback pair for
     /// `localhost` names. `None` means the name must be resolved.
     pub fn fixed_addrs(&self) -> Option<Vec<IpAddr>> {
