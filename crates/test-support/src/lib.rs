@@ -16,7 +16,12 @@
 //! - `/status/CODE` answers that status (200..=599);
 //! - anything else answers 200, `content-type: text/plain`, body `origin METHOD TARGET\n`
 //!   followed by the request body.
+//!
+//! [`BodyCounter`] (plain or TLS) serves no routes: it counts request-body bytes as they
+//! arrive, for uploads that must stop part-way. [`tls_connect`] and [`client_hello`] are the
+//! TLS client side: a session trusting a CA given as PEM, and a ClientHello to write by hand.
 
+mod body_counter;
 mod ca;
 mod canary;
 mod client;
@@ -26,12 +31,14 @@ mod record;
 mod routes;
 mod server;
 mod temp;
+mod tls_client;
 mod tls_origin;
 #[cfg(unix)]
 mod unix_origin;
 mod upgrade;
 mod upstream_proxy;
 
+pub use body_counter::BodyCounter;
 pub use ca::TestCa;
 pub use canary::{Canary, UdpCanary};
 pub use client::{ResponseHead, connect, raw_request, read_response_head, read_to_eof};
@@ -39,6 +46,7 @@ pub use echo::{EchoTcp, UdpEcho};
 pub use http_origin::HttpOrigin;
 pub use record::RecordedRequest;
 pub use temp::{TempDir, temp_dir};
+pub use tls_client::{client_config_from_pem, client_hello, tls_connect};
 pub use tls_origin::TlsOrigin;
 #[cfg(unix)]
 pub use unix_origin::UnixOrigin;

@@ -234,6 +234,21 @@ pub(crate) async fn open_udp_association(socks: SocketAddr) -> anyhow::Result<Tc
     socks_request(socks, 3, &[1, 0, 0, 0, 0, 0, 0]).await
 }
 
+/// Opens a SOCKS5 `UDP ASSOCIATE` naming `client` (an IPv4 address) as the datagram source,
+/// and returns its control connection and the relay address from the reply.
+pub(crate) async fn open_udp_relay(
+    socks: SocketAddr,
+    client: SocketAddr,
+) -> anyhow::Result<(TcpStream, SocketAddr)> {
+    let SocketAddr::V4(client) = client else { bail!("an ipv4 client address: {client}") };
+    let mut address = vec![1];
+    address.extend_from_slice(&client.ip().octets());
+    address.extend_from_slice(&client.port().to_be_bytes());
+    let (stream, bound) = socks_request_bound(socks, 3, &address).await?;
+    let relay = bound.context("the udp associate reply names no ip address")?;
+    Ok((stream, relay))
+}
+
 /// Negotiates no authentication, sends `command` with `address` (type byte first), and reads
 /// a success reply.
 async fn socks_request(
@@ -241,6 +256,15 @@ async fn socks_request(
     command: u8,
     address: &[u8],
 ) -> anyhow::Result<TcpStream> {
+    Ok(socks_request_bound(socks, command, address).await?.0)
+}
+
+/// [`socks_request`], also returning the reply's bound address when it is an IP address.
+async fn socks_request_bound(
+    socks: SocketAddr,
+    command: u8,
+    address: &[u8],
+) -> anyhow::Result<(TcpStream, Option<SocketAddr>)> {
     let mut stream = connect(socks).await?;
     write_all(&mut stream, &[5, 1, 0]).await?;
     ensure!(read_exact(&mut stream, 2).await? == [5, 0], "no-auth method refused");
@@ -255,8 +279,20 @@ async fn socks_request(
         3 => usize::from(read_exact(&mut stream, 1).await?[0]) + 2,
         other => bail!("bad address type {other} in the socks5 reply"),
     };
-    read_exact(&mut stream, rest).await?;
-    Ok(stream)
+    let bound = read_exact(&mut stream, rest).await?;
+    let port = |b: &[u8]| u16::from_be_bytes([b[b.len() - 2], b[b.len() - 1]]);
+    let bound = match reply[3] {
+        1 => {
+            let ip = std::net::Ipv4Addr::new(bound[0], bound[1], bound[2], bound[3]);
+            Some(SocketAddr::from((ip, port(&bound))))
+        }
+        4 => {
+            let octets: [u8; 16] = bound[..16].try_into()?;
+            Some(SocketAddr::from((std::net::Ipv6Addr::from(octets), port(&bound))))
+        }
+        _ => None,
+    };
+    Ok((stream, bound))
 }
 
 /// Writes `bytes` and reads the same bytes back.

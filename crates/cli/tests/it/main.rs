@@ -6,6 +6,7 @@
 
 mod admin_api;
 mod admin_support;
+mod admission;
 mod curl;
 mod exec;
 mod library;
