@@ -1,5 +1,6 @@
-//! The admin listener: its own small accept loop (the admin API must not depend on the proxy's
-//! egress crate), one hyper HTTP/1.1 connection per client, bounded bodies and timeouts.
+//! The admin listener: the lifecycle's accept loop (shared with the proxies; the admin API
+//! does not depend on the egress crate), one hyper HTTP/1.1 connection per client, bounded
+//! bodies and timeouts.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -12,8 +13,8 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use proxyd_lifecycle::{Connections, Lifecycle, accept_loop};
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::routes::{self, Body, MAX_BODY};
 use crate::{Control, guard};
@@ -25,8 +26,6 @@ const MAX_HEAD_WAIT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub header_read_timeout: Duration,
-    /// How long a request in flight may go on after shutdown begins.
-    pub drain_timeout: Duration,
     /// `admin_token`: required as `Authorization: Bearer …` on every endpoint but `/health`.
     pub token: Option<String>,
     pub max_connections: usize,
@@ -43,8 +42,10 @@ impl AdminServer {
         AdminServer { control, settings }
     }
 
-    /// Serves until `shutdown` turns true; in-flight requests finish first.
-    pub async fn serve(self, listener: TcpListener, shutdown: watch::Receiver<bool>) {
+    /// Serves until the lifecycle stops, on the same accept loop as the proxies (bounded,
+    /// EMFILE backoff); requests in flight are then drained and closed by the lifecycle's one
+    /// shutdown.
+    pub async fn serve(self, listener: TcpListener, lifecycle: &Lifecycle) {
         let own = match listener.local_addr() {
             Ok(addr) => addr,
             Err(err) => {
@@ -52,52 +53,22 @@ impl AdminServer {
                 return;
             }
         };
+        let max_connections = self.settings.max_connections;
         let shared = Arc::new(self);
-        let permits = Arc::new(Semaphore::new(shared.settings.max_connections.max(1)));
-        let mut tasks = tokio::task::JoinSet::new();
-        let mut stop_rx = shutdown.clone();
-        let stopped = async move {
-            let _ = stop_rx.wait_for(|s| *s).await;
+        let closing = lifecycle.clone();
+        let handler = move |stream: TcpStream, peer: SocketAddr| {
+            shared.clone().connection(stream, peer, own, closing.clone())
         };
-        tokio::pin!(stopped);
-        loop {
-            let permit = tokio::select! {
-                permit = permits.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break,
-                },
-                _ = &mut stopped => break,
-            };
-            let (stream, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(err) => {
-                        tracing::debug!(error = %err, "admin accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                _ = &mut stopped => break,
-            };
-            let shared = shared.clone();
-            let stop = shutdown.clone();
-            tasks.spawn(async move {
-                let _permit = permit;
-                shared.connection(stream, peer, own, stop).await;
-            });
-            while tasks.try_join_next().is_some() {}
-        }
-        while tasks.join_next().await.is_some() {}
+        accept_loop(listener, max_connections, lifecycle, Connections::new(), handler).await;
     }
 
     async fn connection(
         self: Arc<Self>,
-        stream: tokio::net::TcpStream,
+        stream: TcpStream,
         peer: SocketAddr,
         own: SocketAddr,
-        stop: watch::Receiver<bool>,
+        lifecycle: Lifecycle,
     ) {
-        let mut stop = stop;
         let shared = self.clone();
         let service = service_fn(move |req: Request<Incoming>| {
             let shared = shared.clone();
@@ -112,9 +83,6 @@ impl AdminServer {
             .keep_alive(false);
         let conn = builder.serve_connection(TokioIo::new(stream), service);
         tokio::pin!(conn);
-        let stopped = async move {
-            let _ = stop.wait_for(|s| *s).await;
-        };
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(err) = result {
@@ -122,10 +90,13 @@ impl AdminServer {
                 }
                 return;
             }
-            _ = stopped => {}
+            () = lifecycle.stopping() => {}
         }
         conn.as_mut().graceful_shutdown();
-        let _ = tokio::time::timeout(self.settings.drain_timeout, conn).await;
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            () = lifecycle.closing() => {}
+        }
     }
 
     async fn handle(&self, req: Request<Incoming>, own: SocketAddr) -> Response<Body> {

@@ -18,7 +18,7 @@ mod metrics;
 mod proxy;
 
 pub use decider::{NetworkDecision, NetworkPolicyDecider, NetworkPolicyRequest};
-pub use proxy::{NetworkProxy, NetworkProxyBuilder, NetworkProxyHandle};
+pub use proxy::{Error, NetworkProxy, NetworkProxyBuilder, NetworkProxyHandle};
 pub use proxyd_admin::{BlockedEntry, ReloadError};
 pub use proxyd_config::{Config, ConfigErrors, Sources};
 pub use proxyd_net::{Resolver, StaticResolver, SystemResolver};

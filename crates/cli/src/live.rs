@@ -1,6 +1,7 @@
 //! The running proxy's shared state: the engine, the config in force and where it came from,
-//! the blocked log, metrics, and reloads (SPEC §2.3, §8.2). Implements the admin API's
-//! [`Control`] and the engine's [`EventSink`].
+//! and reloads (SPEC §2.3, §8.2), implementing the admin API's [`Control`]; and the
+//! [`Recorder`] (blocked log, metrics, observer), the engine's [`EventSink`], built before the
+//! engine and handed to it.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -21,14 +22,34 @@ const OBSERVER_QUEUE: usize = 1024;
 /// A blocked-request observer (SPEC §9).
 pub(crate) type BlockedObserver = Arc<dyn Fn(&BlockedEntry) + Send + Sync>;
 
+/// Where decision events go: metrics, the blocked log and the embedder's observer.
+pub(crate) struct Recorder {
+    pub(crate) blocked: BlockedLog,
+    pub(crate) metrics: Metrics,
+    observer: Option<mpsc::Sender<BlockedEntry>>,
+}
+
+impl Recorder {
+    pub(crate) fn new(blocked_log_size: usize, observer: Option<BlockedObserver>) -> Recorder {
+        let observer = observer.map(|observer| {
+            let (tx, mut rx) = mpsc::channel::<BlockedEntry>(OBSERVER_QUEUE);
+            tokio::spawn(async move {
+                while let Some(entry) = rx.recv().await {
+                    observer(&entry);
+                }
+            });
+            tx
+        });
+        Recorder { blocked: BlockedLog::new(blocked_log_size), metrics: Metrics::new(), observer }
+    }
+}
+
 pub(crate) struct Live {
     pub(crate) engine: Engine,
     config: RwLock<Arc<Config>>,
     /// Where a reload reads from; `None` for a config given directly to the library.
     sources: Option<Sources>,
-    pub(crate) blocked: BlockedLog,
-    pub(crate) metrics: Metrics,
-    observer: Option<mpsc::Sender<BlockedEntry>>,
+    pub(crate) recorder: Arc<Recorder>,
     listeners: RwLock<Vec<(String, SocketAddr, Connections)>>,
     tunnels: RwLock<Vec<(String, Connections)>>,
     reload_lock: std::sync::Mutex<()>,
@@ -39,24 +60,13 @@ impl Live {
         engine: Engine,
         config: Config,
         sources: Option<Sources>,
-        observer: Option<BlockedObserver>,
+        recorder: Arc<Recorder>,
     ) -> Live {
-        let observer = observer.map(|observer| {
-            let (tx, mut rx) = mpsc::channel::<BlockedEntry>(OBSERVER_QUEUE);
-            tokio::spawn(async move {
-                while let Some(entry) = rx.recv().await {
-                    observer(&entry);
-                }
-            });
-            tx
-        });
         Live {
             engine,
-            blocked: BlockedLog::new(config.blocked_log_size),
             config: RwLock::new(Arc::new(config)),
             sources,
-            metrics: Metrics::new(),
-            observer,
+            recorder,
             listeners: RwLock::new(Vec::new()),
             tunnels: RwLock::new(Vec::new()),
             reload_lock: std::sync::Mutex::new(()),
@@ -82,21 +92,21 @@ impl Live {
         // last. Loading is synchronous file reading; nothing here awaits.
         let _serial = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
         let Some(sources) = &self.sources else {
-            self.metrics.reload("error");
+            self.recorder.metrics.reload("error");
             let why = "this proxy was given its config directly: there are no sources to re-read";
             return Err(ReloadError::Invalid(vec![why.to_owned()]));
         };
         let new = match Config::load(sources) {
             Ok(new) => new,
             Err(errors) => {
-                self.metrics.reload("error");
+                self.recorder.metrics.reload("error");
                 return Err(ReloadError::Invalid(errors.iter().map(|e| e.to_string()).collect()));
             }
         };
         let old = self.config();
         let changed = old.restart_required(&new);
         if !changed.is_empty() {
-            self.metrics.reload("restart_needed");
+            self.recorder.metrics.reload("restart_needed");
             return Err(ReloadError::RestartNeeded(
                 changed.iter().map(|key| format!("{key} changed: restart needed")).collect(),
             ));
@@ -106,22 +116,19 @@ impl Live {
 
     /// Applies a validated config that passed the restart check.
     pub(crate) fn apply(&self, old: &Config, new: Config) -> Result<Vec<String>, ReloadError> {
-        // A mode switched at runtime stays unless the config's own mode changed. The stricter
-        // half goes first, so no request is decided under the new lists in the old, laxer mode.
-        let mode_changed = new.mode != old.mode;
-        if mode_changed && new.mode == Mode::Limited {
-            self.engine.set_mode(new.mode);
-        }
-        self.engine.set_policy(new.policy());
-        if mode_changed && new.mode == Mode::Full {
-            self.engine.set_mode(new.mode);
+        // A mode switched at runtime stays unless the config's own mode changed. Lists and
+        // mode change in one step, and every live exchange the result refuses is revoked
+        // before this returns.
+        match new.mode != old.mode {
+            true => self.engine.set(new.policy(), new.mode),
+            false => self.engine.set_policy(new.policy()),
         }
         let pending = pending_restart(old, &new);
         for warning in &new.warnings {
             tracing::warn!("{warning}");
         }
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
-        self.metrics.reload("ok");
+        self.recorder.metrics.reload("ok");
         tracing::info!(pending_restart = ?pending, "config reloaded");
         Ok(pending)
     }
@@ -129,7 +136,7 @@ impl Live {
 
 /// Keys whose new values only a restart applies (they are baked into running listeners).
 fn pending_restart(old: &Config, new: &Config) -> Vec<String> {
-    let keys: [(&str, bool); 12] = [
+    let keys: [(&str, bool); 11] = [
         ("connect_timeout", old.connect_timeout != new.connect_timeout),
         ("dns_timeout", old.dns_timeout != new.dns_timeout),
         ("header_read_timeout", old.header_read_timeout != new.header_read_timeout),
@@ -139,7 +146,6 @@ fn pending_restart(old: &Config, new: &Config) -> Vec<String> {
         ("max_connections", old.max_connections != new.max_connections),
         ("blocked_log_size", old.blocked_log_size != new.blocked_log_size),
         ("allow_upstream_proxy", old.allow_upstream_proxy != new.allow_upstream_proxy),
-        ("allow_unix_sockets", old.allow_unix_sockets != new.allow_unix_sockets),
         ("mitm", old.mitm != new.mitm),
         ("ca_dir", old.ca_dir != new.ca_dir),
     ];
@@ -157,7 +163,7 @@ fn pending_restart(old: &Config, new: &Config) -> Vec<String> {
     pending
 }
 
-impl EventSink for Live {
+impl EventSink for Recorder {
     fn record(&self, event: &Event) {
         self.metrics.observe(event);
         let Outcome::Blocked(reason) = &event.outcome else { return };
@@ -230,7 +236,7 @@ impl Control for Live {
     }
 
     fn blocked(&self) -> &BlockedLog {
-        &self.blocked
+        &self.recorder.blocked
     }
 
     fn reload(&self) -> BoxFuture<'_, Result<Vec<String>, ReloadError>> {
@@ -248,6 +254,6 @@ impl Control for Live {
                 (name.as_str(), connections.active(), open_tunnels)
             })
             .collect();
-        self.metrics.render(&active)
+        self.recorder.metrics.render(&active)
     }
 }

@@ -5,19 +5,17 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use proxyd_admin::{AdminServer, BlockedEntry, ReloadError};
-use proxyd_config::{Config, Sources};
-use proxyd_http_proxy::{CaScope, HttpProxy, InterceptCa, UpstreamProxies};
-use proxyd_net::{Dialer, Engine, Resolver, SystemResolver};
+use proxyd_config::{Config, ConfigErrors, Sources};
+use proxyd_http_proxy::{CaError, CaScope, HttpProxy, InterceptCa, UpstreamProxies};
+use proxyd_net::{Dialer, Engine, Lifecycle, Resolver, SystemResolver};
 use proxyd_policy::Mode;
 use proxyd_socks5::Socks5Proxy;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::decider::{Adapter, NetworkPolicyDecider};
-use crate::live::{BlockedObserver, Live};
+use crate::live::{BlockedObserver, Live, Recorder};
 
 /// Configures a [`NetworkProxy`].
 #[derive(Default)]
@@ -118,12 +116,13 @@ impl NetworkProxyBuilder {
     }
 
     /// Binds the listeners (port 0 works). With `enabled = false` nothing is bound and the
-    /// proxy is a no-op.
-    pub async fn build(self) -> anyhow::Result<NetworkProxy> {
+    /// proxy is a no-op. An address given to [`Self::http_addr`], [`Self::socks_addr`] or
+    /// [`Self::admin_addr`] obeys the same loopback clamp as the config's own (a warning is
+    /// logged when it is clamped).
+    pub async fn build(self) -> Result<NetworkProxy, Error> {
         let config = match (self.config, &self.sources) {
             (Some(config), _) => config,
-            (None, Some(sources)) => Config::load(sources)
-                .map_err(|errors| anyhow::anyhow!("invalid configuration:\n{errors}"))?,
+            (None, Some(sources)) => Config::load(sources)?,
             (None, None) => Config::default(),
         };
         if !config.enabled {
@@ -131,16 +130,28 @@ impl NetworkProxyBuilder {
         }
         let resolver = self.resolver.unwrap_or_else(|| Arc::new(SystemResolver));
         let dialer = Dialer::new(resolver, config.dns_timeout, config.connect_timeout);
-
-        let http_addr = self.http_addr.unwrap_or(config.http_addr);
-        let http = bind("http proxy", http_addr).await?;
+        let addr = |key: &str, given: Option<SocketAddr>, configured: SocketAddr| match given {
+            Some(given) => {
+                let (addr, warning) = config.clamp_listener(key, given);
+                if let Some(warning) = warning {
+                    tracing::warn!("{warning}");
+                }
+                addr
+            }
+            None => configured,
+        };
+        let http = bind("http", addr("proxy_url", self.http_addr, config.http_addr)).await?;
         let socks = match config.enable_socks5 {
-            true => Some(bind("socks5", self.socks_addr.unwrap_or(config.socks_addr)).await?),
+            true => {
+                Some(bind("socks5", addr("socks_url", self.socks_addr, config.socks_addr)).await?)
+            }
             false => None,
         };
         let admin = match self.without_admin {
             true => None,
-            false => Some(bind("admin", self.admin_addr.unwrap_or(config.admin_addr)).await?),
+            false => {
+                Some(bind("admin", addr("admin_url", self.admin_addr, config.admin_addr)).await?)
+            }
         };
         // proxyd never proxies to itself, admin listener included (SPEC §7.1, §8.3).
         let mut own = vec![http.1];
@@ -157,29 +168,29 @@ impl NetworkProxyBuilder {
                     true => CaScope::Everything,
                     false => CaScope::from_patterns(config.policy().allowed.patterns()),
                 };
-                let ca = InterceptCa::generate(scope, provider.clone())
-                    .context("making the interception ca")?;
-                Some(Arc::new(ca))
+                Some(Arc::new(InterceptCa::generate(scope, provider.clone())?))
             }
             false => None,
         };
-        let mut engine = Engine::builder(config.policy(), config.mode, dialer);
+        // The one lifecycle every listener, connection and lease hears; the recorder exists
+        // before the engine that records into it.
+        let lifecycle = Lifecycle::new();
+        let recorder = Arc::new(Recorder::new(config.blocked_log_size, self.observer));
+        let mut engine = Engine::builder(config.policy(), config.mode, dialer)
+            .sink(recorder.clone())
+            .lifecycle(lifecycle.clone());
         if let Some(decider) = self.decider {
             let adapter =
                 Adapter { decider, command: self.command, exec_policy_hint: self.exec_policy_hint };
             engine = engine.decider(Arc::new(adapter), config.decider_timeout);
         }
-        // The live state is the engine's event sink, and the engine is part of the live
-        // state: build the sink first and hand it the engine once it exists.
-        let sink = Arc::new(LateSink::default());
-        let engine = engine.sink(sink.clone()).build();
-        let live = Arc::new(Live::new(engine.clone(), config.clone(), self.sources, self.observer));
-        sink.set(live.clone());
+        let engine = engine.build();
+        let live = Arc::new(Live::new(engine.clone(), config.clone(), self.sources, recorder));
 
         let extra_ca =
             self.extra_ca_file.or_else(|| std::env::var_os("SSL_CERT_FILE").map(PathBuf::from));
         let tls = proxyd_http_proxy::client_config(provider, extra_ca.as_deref())
-            .context("building the tls client configuration")?;
+            .map_err(Error::Tls)?;
         let upstream = match config.allow_upstream_proxy {
             true => UpstreamProxies::from_env(|name| std::env::var(name).ok()),
             false => UpstreamProxies::default(),
@@ -189,11 +200,9 @@ impl NetworkProxyBuilder {
             proxyd_http_proxy::Settings {
                 header_read_timeout: config.header_read_timeout,
                 idle_timeout: config.idle_timeout,
-                drain_timeout: config.drain_timeout,
                 max_connections: config.max_connections,
                 tls: Arc::new(tls),
                 upstream,
-                unix_sockets: config.allow_unix_sockets.clone(),
                 mitm: ca.clone(),
             },
         );
@@ -205,7 +214,6 @@ impl NetworkProxyBuilder {
                 proxyd_socks5::Settings {
                     handshake_timeout: config.header_read_timeout,
                     idle_timeout: config.idle_timeout,
-                    drain_timeout: config.drain_timeout,
                     max_connections: config.max_connections,
                     enable_udp: config.enable_socks5_udp,
                 },
@@ -220,55 +228,44 @@ impl NetworkProxyBuilder {
                 live.clone(),
                 proxyd_admin::Settings {
                     header_read_timeout: config.header_read_timeout,
-                    drain_timeout: config.drain_timeout,
                     token: config.admin_token.as_ref().map(|t| t.as_str().to_owned()),
-                    max_connections: 256,
+                    max_connections: ADMIN_MAX_CONNECTIONS,
                 },
             );
             (listener, addr, server)
         });
         Ok(NetworkProxy {
-            bound: Some(Bound { live, http: (http.0, http.1, http_proxy), socks, admin }),
+            bound: Some(Bound {
+                live,
+                lifecycle,
+                drain_timeout: config.drain_timeout,
+                http: (http.0, http.1, http_proxy),
+                socks,
+                admin,
+            }),
             config,
             ca,
         })
     }
 }
 
-async fn bind(name: &str, addr: SocketAddr) -> anyhow::Result<(TcpListener, SocketAddr)> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the {name} listener on {addr}"))?;
-    let bound = listener.local_addr().with_context(|| format!("reading the {name} address"))?;
-    Ok((listener, bound))
-}
+/// At most this many admin connections at once (the admin API serves one request per
+/// connection and cuts slow heads, so a few are plenty).
+const ADMIN_MAX_CONNECTIONS: usize = 256;
 
-/// The engine's event sink, pointed at the live state once it exists.
-#[derive(Default)]
-struct LateSink(std::sync::OnceLock<Arc<Live>>);
-
-impl LateSink {
-    fn set(&self, live: Arc<Live>) {
-        let _ = self.0.set(live);
-    }
-}
-
-impl proxyd_net::EventSink for LateSink {
-    fn record(&self, event: &proxyd_net::Event) {
-        if let Some(live) = self.0.get() {
-            proxyd_net::EventSink::record(&**live, event);
-        }
-    }
-
-    fn tunnel_bytes(&self, protocol: &str, up: u64, down: u64) {
-        if let Some(live) = self.0.get() {
-            live.tunnel_bytes(protocol, up, down);
-        }
-    }
+async fn bind(listener: &'static str, addr: SocketAddr) -> Result<(TcpListener, SocketAddr), Error> {
+    let bound = async {
+        let socket = TcpListener::bind(addr).await?;
+        let local = socket.local_addr()?;
+        Ok::<_, std::io::Error>((socket, local))
+    };
+    bound.await.map_err(|source| Error::Bind { listener, addr, source })
 }
 
 struct Bound {
     live: Arc<Live>,
+    lifecycle: Lifecycle,
+    drain_timeout: std::time::Duration,
     http: (TcpListener, SocketAddr, HttpProxy),
     socks: Option<(TcpListener, SocketAddr, Socks5Proxy)>,
     admin: Option<(TcpListener, SocketAddr, AdminServer)>,
@@ -299,30 +296,29 @@ impl NetworkProxy {
     }
 
     /// Starts serving; returns at once with the handle.
-    pub async fn run(self) -> anyhow::Result<NetworkProxyHandle> {
-        let (stop, stopping) = watch::channel(false);
+    pub async fn run(self) -> Result<NetworkProxyHandle, Error> {
         let mut tasks = JoinSet::new();
         let Some(bound) = self.bound else {
             let addrs = Addrs::default();
-            return Ok(NetworkProxyHandle { live: None, addrs, ca: None, stop, tasks });
+            return Ok(NetworkProxyHandle { run: None, addrs, ca: None, tasks });
         };
         let (listener, http_addr, http) = bound.http;
         tracing::info!(listener = "http", addr = %http_addr, "listening");
-        let rx = stopping.clone();
-        tasks.spawn(async move { http.serve(listener, rx).await });
+        tasks.spawn(async move { http.serve(listener).await });
         let socks_addr = bound.socks.map(|(listener, addr, socks)| {
             tracing::info!(listener = "socks5", addr = %addr, "listening");
-            let rx = stopping.clone();
-            tasks.spawn(async move { socks.serve(listener, rx).await });
+            tasks.spawn(async move { socks.serve(listener).await });
             addr
         });
         let admin_addr = bound.admin.map(|(listener, addr, admin)| {
             tracing::info!(listener = "admin", addr = %addr, "listening");
-            tasks.spawn(async move { admin.serve(listener, stopping).await });
+            let lifecycle = bound.lifecycle.clone();
+            tasks.spawn(async move { admin.serve(listener, &lifecycle).await });
             addr
         });
         let addrs = Addrs { http: Some(http_addr), socks: socks_addr, admin: admin_addr };
-        Ok(NetworkProxyHandle { live: Some(bound.live), addrs, ca: self.ca, stop, tasks })
+        let run = Running { live: bound.live, lifecycle: bound.lifecycle, drain_timeout: bound.drain_timeout };
+        Ok(NetworkProxyHandle { run: Some(run), addrs, ca: self.ca, tasks })
     }
 }
 
@@ -334,12 +330,31 @@ struct Addrs {
 }
 
 /// A running proxy. Every method is a no-op (or `None`) when the proxy is disabled.
+///
+/// Stop it with [`NetworkProxyHandle::shutdown`], which drains. Dropping the handle instead
+/// stops at once: every listener stops accepting (its port is released) and every open
+/// connection, tunnel and UDP association is closed, without waiting for requests in flight.
 pub struct NetworkProxyHandle {
-    live: Option<Arc<Live>>,
+    run: Option<Running>,
     addrs: Addrs,
     ca: Option<Arc<InterceptCa>>,
-    stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
+}
+
+struct Running {
+    live: Arc<Live>,
+    lifecycle: Lifecycle,
+    drain_timeout: std::time::Duration,
+}
+
+impl Drop for NetworkProxyHandle {
+    fn drop(&mut self) {
+        // After `shutdown` this is a no-op: everything is closed already. The tasks (the
+        // accept loops) are aborted when the `JoinSet` drops.
+        if let Some(run) = &self.run {
+            run.lifecycle.close_now();
+        }
+    }
 }
 
 impl NetworkProxyHandle {
@@ -365,43 +380,73 @@ impl NetworkProxyHandle {
 
     /// The current mode.
     pub fn mode(&self) -> Option<Mode> {
-        self.live.as_ref().map(|live| live.engine.mode())
+        self.run.as_ref().map(|run| run.live.engine.mode())
     }
 
     /// Switches the mode for new requests; switching to limited closes open tunnels,
     /// upgraded connections and UDP associations at once (SPEC §6.2).
     pub fn set_mode(&self, mode: Mode) {
-        if let Some(live) = &self.live {
-            live.engine.set_mode(mode);
+        if let Some(run) = &self.run {
+            run.live.engine.set_mode(mode);
         }
     }
 
     /// Re-reads the config sources; on any error the running config stays in force. Returns
     /// the changed keys that take effect only at the next restart.
     pub async fn reload(&self) -> Result<Vec<String>, ReloadError> {
-        match &self.live {
-            Some(live) => live.reload_now(),
+        match &self.run {
+            Some(run) => run.live.reload_now(),
             None => Ok(Vec::new()),
         }
     }
 
     /// The blocked log, oldest first.
     pub fn blocked(&self) -> Vec<BlockedEntry> {
-        self.live.as_ref().map(|live| live.blocked.entries()).unwrap_or_default()
+        self.run.as_ref().map(|run| run.live.recorder.blocked.entries()).unwrap_or_default()
     }
 
     /// How many requests were blocked since start, including those the bounded log dropped.
     pub fn blocked_total(&self) -> u64 {
-        self.live.as_ref().map(|live| live.blocked.total()).unwrap_or_default()
+        self.run.as_ref().map(|run| run.live.recorder.blocked.total()).unwrap_or_default()
     }
 
-    /// Stops accepting, lets in-flight requests finish, and closes tunnels and UDP
-    /// associations once `drain_timeout` has passed.
-    pub async fn shutdown(mut self) -> anyhow::Result<()> {
-        self.stop.send_replace(true);
+    /// The one shutdown (SPEC §7.5): every listener stops accepting, every connection,
+    /// tunnel and UDP association of every listener is drained under one `drain_timeout`, and
+    /// what is left is then closed, once.
+    pub async fn shutdown(mut self) -> Result<(), Error> {
+        if let Some(run) = &self.run {
+            run.lifecycle.shutdown(run.drain_timeout).await;
+        }
         while let Some(result) = self.tasks.join_next().await {
-            result.context("a listener task failed")?;
+            result.map_err(|err| Error::Task(err.to_string()))?;
         }
         Ok(())
     }
+}
+
+/// Why the proxy could not be built or run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration is invalid; every error of the load, each naming file, line and key.
+    #[error("invalid configuration:\n{0}")]
+    Config(#[from] ConfigErrors),
+    /// A listener could not be bound.
+    #[error("binding the {listener} listener on {addr}: {source}")]
+    Bind {
+        /// `http`, `socks5` or `admin`.
+        listener: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The interception CA could not be made.
+    #[error("making the interception ca: {0}")]
+    Ca(#[from] CaError),
+    /// The TLS client configuration (system roots, `SSL_CERT_FILE`) could not be built.
+    #[error("building the tls client configuration: {0}")]
+    Tls(#[source] rustls::Error),
+    /// A listener task panicked.
+    #[error("a listener task failed: {0}")]
+    Task(String),
 }

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use proxyd_policy::{ListKind, Mode, PatternSet, Policy};
+use proxyd_policy::{FileId, ListKind, Mode, PatternSet, Policy, UnixSocketRule};
 
 use crate::error::{ConfigError, ConfigErrors, ErrorKind};
 use crate::listen::{self, Clamp};
@@ -72,12 +72,15 @@ pub struct Config {
 struct Compiled {
     allowed: PatternSet,
     denied: PatternSet,
+    /// `allow_unix_sockets`, canonicalised and pinned to the socket found at load.
+    unix_sockets: Vec<UnixSocketRule>,
 }
 
 impl PartialEq for Compiled {
     fn eq(&self, other: &Compiled) -> bool {
         self.allowed.patterns() == other.allowed.patterns()
             && self.denied.patterns() == other.denied.patterns()
+            && self.unix_sockets == other.unix_sockets
     }
 }
 
@@ -170,6 +173,7 @@ impl Config {
             denied: self.compiled.denied.clone(),
             allow_local_binding: self.allow_local_binding,
             enabled: self.enabled,
+            unix_sockets: self.compiled.unix_sockets.clone(),
         }
     }
 
@@ -217,7 +221,10 @@ impl Config {
         // Every entry was checked where it was written, so these fail only if the policy
         // crate and `keys.rs` disagree; report rather than panic all the same.
         match (allowed, denied) {
-            (Ok(allowed), Ok(denied)) => self.compiled = Compiled { allowed, denied },
+            (Ok(allowed), Ok(denied)) => {
+                let unix_sockets = self.pin_unix_sockets();
+                self.compiled = Compiled { allowed, denied, unix_sockets };
+            }
             (allowed, denied) => {
                 let failures =
                     [("allowed_domains", allowed.err()), ("denied_domains", denied.err())];
@@ -255,6 +262,42 @@ impl Config {
         self.admin_token = Some(token);
         self.set_origin("admin_token", origin);
         Ok(())
+    }
+
+    /// Canonicalises every `allow_unix_sockets` entry once and notes which socket is there
+    /// (SPEC §7.7): requests reach only that socket, at that canonical path, until a reload
+    /// looks again. An entry with no socket behind it refuses requests and is warned about.
+    fn pin_unix_sockets(&mut self) -> Vec<UnixSocketRule> {
+        let mut rules = Vec::with_capacity(self.allow_unix_sockets.len());
+        for configured in &self.allow_unix_sockets {
+            let (canonical, socket) = match pin_socket(configured) {
+                Ok((canonical, id)) => (canonical, Some(id)),
+                Err(why) => {
+                    self.warnings.push(format!(
+                        "allow_unix_sockets: {}: {why}; requests for it are refused until a reload finds a socket there",
+                        configured.display()
+                    ));
+                    (configured.clone(), None)
+                }
+            };
+            rules.push(UnixSocketRule { configured: configured.clone(), canonical, socket });
+        }
+        rules
+    }
+
+    /// Clamps an address given in place of a configured listener's (the library's builder
+    /// overrides) by the same rule as the config's own: loopback unless its
+    /// `dangerously_allow_non_loopback_*` flag is set and `allow_unix_sockets` is empty.
+    /// `key` is `proxy_url`, `socks_url` or `admin_url`.
+    pub fn clamp_listener(&self, key: &str, addr: SocketAddr) -> (SocketAddr, Option<String>) {
+        let (flag, flag_set) = match key {
+            "admin_url" => {
+                ("dangerously_allow_non_loopback_admin", self.dangerously_allow_non_loopback_admin)
+            }
+            _ => ("dangerously_allow_non_loopback_proxy", self.dangerously_allow_non_loopback_proxy),
+        };
+        let unix_sockets = !self.allow_unix_sockets.is_empty();
+        listen::clamp(key, addr, Clamp { flag, flag_set, unix_sockets })
     }
 
     fn clamp_listeners(&mut self) {
@@ -340,4 +383,21 @@ mod tests {
         assert!(config.finish(Vec::new()).is_ok());
         assert!(Config { ca_dir: None, ..Config::default() }.finish(Vec::new()).is_ok());
     }
+}
+
+/// The canonical path of a Unix socket and the socket's identity.
+#[cfg(unix)]
+fn pin_socket(path: &Path) -> Result<(PathBuf, FileId), String> {
+    use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
+    let canonical = std::fs::canonicalize(path).map_err(|err| err.to_string())?;
+    let meta = std::fs::metadata(&canonical).map_err(|err| err.to_string())?;
+    if !meta.file_type().is_socket() {
+        return Err("not a unix socket".to_owned());
+    }
+    Ok((canonical, FileId { dev: meta.dev(), ino: meta.ino() }))
+}
+
+#[cfg(not(unix))]
+fn pin_socket(_: &Path) -> Result<(PathBuf, FileId), String> {
+    Err("unix sockets are not supported on this system".to_owned())
 }

@@ -1,4 +1,5 @@
-//! `CONNECT` tunnels (SPEC §7.3): decide, dial, and only then answer 200.
+//! `CONNECT` tunnels (SPEC §7.3): admit and dial through the admission path, and only then
+//! answer 200; the tunnel relays under its lease.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -6,12 +7,12 @@ use std::sync::Arc;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use proxyd_net::{Attempt, Connected, Connections, Outcome, splice};
-use proxyd_policy::{Decision, Mode, Protocol, SideDoors, Target};
+use proxyd_net::{Attempt, Connections, Failure};
+use proxyd_policy::{Mode, Protocol, SideDoors, Target};
 
-use crate::origin::{self, Failure};
+use crate::origin;
 use crate::respond::{self, Blocked};
-use crate::server::{Shared, refuse, track_tunnel};
+use crate::server::{Shared, track_tunnel};
 use crate::{Body, headers, mitm};
 
 /// Answers a `CONNECT`. Anything but a 200 also closes the connection: bytes the client
@@ -44,79 +45,61 @@ async fn open_tunnel(
         Ok(target) => target,
         Err(err) => return respond::malformed(&err),
     };
-    let engine = &shared.engine;
-    let attempt = Attempt {
-        protocol: Protocol::HttpConnect,
-        target: &target,
-        method: Some("CONNECT"),
-        client: Some(peer),
-        side_doors: SideDoors {
-            upgrade: headers::is_upgrade(req.headers()),
-            ..SideDoors::default()
-        },
-    };
-    let mode = engine.mode();
+    let side_doors =
+        SideDoors { upgrade: headers::is_upgrade(req.headers()), ..SideDoors::default() };
+    // With `mitm`, limited mode terminates the tunnel and decides every request inside it
+    // again (mitm.rs), so the engine admits it as inspected. In full mode a tunnel stays a
+    // tunnel.
+    let attempt = Attempt::new(Protocol::HttpConnect, target.clone(), Some(peer))
+        .method("CONNECT")
+        .side_doors(side_doors)
+        .inspectable(shared.settings.mitm.is_some());
     let cx = Blocked {
         target: &target,
         protocol: Protocol::HttpConnect.as_str(),
         method: "CONNECT",
-        mode,
+        mode: Mode::Full,
     };
-    // Limited mode with `mitm`: proxyd terminates the tunnel and decides every request inside
-    // it again (mitm.rs), so the tunnel is not opaque. In full mode a tunnel stays a tunnel.
-    let intercept = shared.settings.mitm.clone().filter(|_| mode == Mode::Limited);
-    let decision = match intercept {
-        Some(_) => engine.decide_inspected(&attempt).await,
-        None => engine.decide(&attempt).await,
+    let mut admission = match shared.engine.admit(attempt).await {
+        Ok(admission) => admission,
+        Err(refusal) => return respond::refusal(&refusal, &cx),
     };
-    if let Decision::Block(reason) = decision {
-        engine.record(engine.event(&attempt, Outcome::Blocked(reason.clone())));
-        return respond::blocked(&reason, &cx);
+    if admission.inspected()
+        && let Some(ca) = shared.settings.mitm.clone()
+    {
+        return mitm::open(shared, ca, admission, req, target, tunnels).await;
     }
-    if let Some(ca) = intercept {
-        return mitm::open(shared, ca, peer, req, target, tunnels).await;
-    }
-    let connected = match shared.settings.upstream.for_target(true, &target) {
+    let stream = match shared.settings.upstream.for_target(true, &target) {
         // Through the upstream proxy: it resolves the name (SPEC §7.6).
         Some(proxy) => {
-            let via = async {
-                let connected = origin::dial_proxy(shared, proxy).await?;
-                let stream = origin::tunnel_via(shared, connected.stream, proxy, &target).await?;
-                Ok::<_, Failure>(Connected { stream, ..connected })
-            };
-            match via.await {
+            let connected = match admission.dial_upstream(&proxy.endpoint).await {
                 Ok(connected) => connected,
-                Err(failure) => return failure.respond(shared, &attempt, &cx),
+                Err(refusal) => return respond::refusal(&refusal, &cx),
+            };
+            match origin::tunnel_via(shared, connected.stream, proxy, &target).await {
+                Ok(stream) => stream,
+                Err(()) => {
+                    return respond::refusal(&admission.fail(Failure::UpstreamProxy), &cx);
+                }
             }
         }
-        None => match engine.dial(&target).await {
-            Ok(connected) => connected,
-            Err(err) => return refuse(shared, &attempt, &err, &cx),
+        None => match admission.dial().await {
+            Ok(connected) => connected.stream,
+            Err(refusal) => return respond::refusal(&refusal, &cx),
         },
     };
-    let mut event = engine.event(&attempt, Outcome::Allowed);
-    event.dns_time = Some(connected.dns_time);
-    event.connect_time = Some(connected.connect_time);
-    engine.record(event);
-
+    let lease = admission.admit();
     let on_upgrade = hyper::upgrade::on(&mut req);
     let idle = shared.settings.idle_timeout;
-    let closed = engine.tunnel_closed();
     let guard = track_tunnel(shared, tunnels);
-    let engine = engine.clone();
     tokio::spawn(async move {
         let _guard = guard;
         match on_upgrade.await {
-            Ok(upgraded) => {
-                // hyper hands over any bytes the client pipelined after the head (SPEC §7.3).
-                match splice(TokioIo::new(upgraded), connected.stream, idle, closed).await {
-                    Ok((up, down)) => {
-                        tracing::debug!(up, down, "tunnel closed");
-                        engine.record_tunnel_bytes(Protocol::HttpConnect, up, down);
-                    }
-                    Err(err) => tracing::debug!(error = %err, "tunnel ended with an error"),
-                }
-            }
+            // hyper hands over any bytes the client pipelined after the head (SPEC §7.3).
+            Ok(upgraded) => match lease.splice(TokioIo::new(upgraded), stream, idle).await {
+                Ok((up, down)) => tracing::debug!(up, down, "tunnel closed"),
+                Err(err) => tracing::debug!(error = %err, "tunnel ended with an error"),
+            },
             Err(err) => tracing::debug!(error = %err, "connect upgrade failed"),
         }
     });

@@ -8,13 +8,14 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use proxyd_net::{Attempt, Connections, Outcome, splice};
-use proxyd_policy::{AbsoluteUrl, Decision, Host, Protocol, Scheme, Target};
+use proxyd_net::{Attempt, Connections, Failure, Lease};
+use proxyd_policy::{AbsoluteUrl, Host, Mode, Protocol, Scheme, Target};
 
+use crate::leased::Leased;
 use crate::origin::{self, Opened, Route};
 use crate::respond::{self, Blocked};
 use crate::server::{Shared, track_tunnel};
-use crate::{Body, BoxError, headers};
+use crate::{Body, headers};
 
 /// Longest method accepted (the registered ones are at most 17 bytes).
 const MAX_METHOD_LEN: usize = 32;
@@ -54,70 +55,69 @@ pub(crate) async fn handle(
         (None, Scheme::Http) => Protocol::Http,
         (None, Scheme::Https) => Protocol::Https,
     };
-    let engine = &shared.engine;
     let method = req.method().as_str().to_owned();
-    let attempt = Attempt {
-        protocol,
-        target: &url.target,
-        method: Some(&method),
-        client: Some(peer),
-        side_doors: headers::side_doors(req.headers()),
-    };
+    let attempt = Attempt::new(protocol, url.target.clone(), Some(peer))
+        .method(&method)
+        .side_doors(headers::side_doors(req.headers()))
+        .unix_socket(unix_socket.map(|v| v.to_str().unwrap_or_default().to_owned()));
     let cx = Blocked {
         target: &url.target,
         protocol: protocol.as_str(),
         method: &method,
-        mode: engine.mode(),
+        mode: Mode::Full,
     };
-    let (decision, unix_path) = match &unix_socket {
-        Some(value) => {
-            let (decision, path) = origin::decide_unix_socket(shared, value, &attempt).await;
-            (decision, Some(path))
-        }
-        None => (engine.decide(&attempt).await, None),
+    let mut admission = match shared.engine.admit(attempt).await {
+        Ok(admission) => admission,
+        Err(refusal) => return respond::refusal(&refusal, &cx),
     };
-    if let Decision::Block(reason) = decision {
-        engine.record(engine.event(&attempt, Outcome::Blocked(reason.clone())));
-        return respond::blocked(&reason, &cx);
-    }
+    let cx = Blocked { mode: admission.mode(), ..cx };
     let upgrade = headers::is_upgrade(req.headers());
-    let route = match &unix_path {
-        Some(path) => Route::Unix(path),
-        None => match shared.settings.upstream.for_target(url.scheme == Scheme::Https, &url.target)
-        {
+    let route = match protocol {
+        Protocol::UnixSocket => Route::Unix,
+        _ => match shared.settings.upstream.for_target(url.scheme == Scheme::Https, &url.target) {
             Some(proxy) => Route::Upstream(proxy),
             None => Route::Direct,
         },
     };
-    let Opened { mut sender, key, dns_time, connect_time, proxy_authorization } =
-        match origin::open(shared, &url, route, upgrade).await {
+    let Opened { mut sender, key, proxy_authorization } =
+        match origin::open(shared, &mut admission, &url, route, upgrade).await {
             Ok(opened) => opened,
-            Err(failure) => return failure.respond(shared, &attempt, &cx),
+            Err(refusal) => return respond::refusal(&refusal, &cx),
         };
-    let mut event = engine.event(&attempt, Outcome::Allowed);
-    event.dns_time = dns_time;
-    event.connect_time = connect_time;
-    engine.record(event);
-
-    let (outgoing, client_upgrade) = rewrite_request(req, &url, upgrade, proxy_authorization);
+    // From here on the exchange lives under its lease: a change that refuses it stops the
+    // request body and the response body before one more byte moves.
+    let lease = admission.admit();
+    let (outgoing, client_upgrade) =
+        rewrite_request(req, &url, upgrade, proxy_authorization, &lease);
     let response = match sender.send_request(outgoing).await {
         Ok(response) => response,
         Err(err) => {
             tracing::debug!(error = %err, "upstream request failed");
-            return respond::error(
-                StatusCode::BAD_GATEWAY,
-                "upstream_failed",
-                "the upstream server failed to answer",
-            );
+            return match lease.revoked_reason() {
+                // Nothing was answered yet: say why, and close (the body was not read).
+                Some(reason) => {
+                    let mut response =
+                        respond::blocked(&reason, &Blocked { mode: lease.mode(), ..cx });
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    response
+                }
+                None => respond::error(
+                    StatusCode::BAD_GATEWAY,
+                    Failure::UpstreamFailed.code(),
+                    "the upstream server failed to answer",
+                ),
+            };
         }
     };
     if let Some(key) = key.filter(|_| !upgrade) {
         shared.pool.checkin(key, sender);
     }
     if upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        return relay_upgrade(shared, tunnels, response, client_upgrade);
+        return relay_upgrade(shared, tunnels, response, client_upgrade, lease);
     }
-    rewrite_response(response)
+    rewrite_response(response, lease)
 }
 
 /// The request as sent on: origin-form with `Host` from the target (absolute-form with
@@ -128,7 +128,8 @@ fn rewrite_request(
     url: &AbsoluteUrl,
     upgrade: bool,
     proxy_authorization: Option<Option<HeaderValue>>,
-) -> (Request<Incoming>, Option<hyper::upgrade::OnUpgrade>) {
+    lease: &Lease,
+) -> (Request<Leased<Incoming>>, Option<hyper::upgrade::OnUpgrade>) {
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let host = match url.target.port == url.scheme.default_port() {
@@ -149,7 +150,7 @@ fn rewrite_request(
         parts.headers.insert(header::PROXY_AUTHORIZATION, auth);
     }
     headers::add_via(&mut parts.headers);
-    (Request::from_parts(parts, body), client_upgrade)
+    (Request::from_parts(parts, Leased::new(body, lease.clone())), client_upgrade)
 }
 
 fn authority_host(host: &Host) -> String {
@@ -159,12 +160,12 @@ fn authority_host(host: &Host) -> String {
     }
 }
 
-fn rewrite_response(response: Response<Incoming>) -> Response<Body> {
+fn rewrite_response(response: Response<Incoming>, lease: Lease) -> Response<Body> {
     let (mut parts, body) = response.into_parts();
     parts.version = Version::HTTP_11;
     headers::remove_hop_by_hop(&mut parts.headers, false);
     headers::add_via(&mut parts.headers);
-    Response::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed_unsync())
+    Response::from_parts(parts, Leased::new(body, lease).boxed_unsync())
 }
 
 /// Sends the 101 back and splices the two upgraded streams like a tunnel.
@@ -173,21 +174,20 @@ fn relay_upgrade(
     tunnels: &Connections,
     mut response: Response<Incoming>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    lease: Lease,
 ) -> Response<Body> {
     let upstream_upgrade = hyper::upgrade::on(&mut response);
     let (mut parts, _) = response.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers, true);
     headers::add_via(&mut parts.headers);
     let idle = shared.settings.idle_timeout;
-    let closed = shared.engine.tunnel_closed();
     let guard = track_tunnel(shared, tunnels);
     tokio::spawn(async move {
         let _guard = guard;
         let Some(client_upgrade) = client_upgrade else { return };
         match tokio::try_join!(client_upgrade, upstream_upgrade) {
             Ok((client, upstream)) => {
-                let result =
-                    splice(TokioIo::new(client), TokioIo::new(upstream), idle, closed).await;
+                let result = lease.splice(TokioIo::new(client), TokioIo::new(upstream), idle).await;
                 if let Err(err) = result {
                     tracing::debug!(error = %err, "upgraded connection ended with an error");
                 }

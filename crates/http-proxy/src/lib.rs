@@ -13,18 +13,21 @@
 //!   inside decided again and forwarded like an `https://` request;
 //! - `headers`: hop-by-hop removal, `Via`, limited-mode side doors;
 //! - `idle`: the idle clock of keep-alive client connections;
+//! - `leased`: request and response bodies that stop the moment their lease is revoked;
 //! - `respond`: blocked and error responses (SPEC §6.1);
 //! - `tls`: the rustls client configuration for `https://` origins.
 //!
 //! It must not decide policy or dial by itself: every target goes through
-//! `proxyd_policy::Target`'s parser and [`proxyd_net::Engine`], and every connection through
-//! the `proxyd_net` dialler. It installs no global state.
+//! `proxyd_policy::Target`'s parser and [`proxyd_net::Engine::admit`], and every connection
+//! (TCP, upstream proxy, Unix socket) through the admission it returns. It maps refusals to
+//! status codes and `x-proxy-error` (`respond`). It installs no global state.
 
 mod ca;
 mod connect;
 mod forward;
 mod headers;
 mod idle;
+mod leased;
 mod mitm;
 mod origin;
 mod pool;
@@ -51,14 +54,11 @@ pub(crate) type Body = UnsyncBoxBody<Bytes, BoxError>;
 pub struct Settings {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
-    pub drain_timeout: Duration,
     pub max_connections: usize,
     /// TLS for `https://` absolute-form requests.
     pub tls: std::sync::Arc<rustls::ClientConfig>,
     /// Upstream proxies from proxyd's environment (empty when `allow_upstream_proxy = false`).
     pub upstream: UpstreamProxies,
-    /// `allow_unix_sockets`.
-    pub unix_sockets: Vec<std::path::PathBuf>,
     /// `mitm = true`: the CA that terminates `CONNECT` tunnels in limited mode. `None` keeps
     /// limited mode refusing every `CONNECT` (SPEC §6.2).
     pub mitm: Option<std::sync::Arc<InterceptCa>>,

@@ -24,64 +24,58 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use proxyd_net::{Attempt, Connections, Outcome};
-use proxyd_policy::{Host, Protocol, Reason, SideDoors, Target};
+use proxyd_net::{Admission, Connections, Failure};
+use proxyd_policy::{Host, Protocol, Reason, Target};
 use rustls::server::Acceptor;
 use tokio::time::timeout;
 use tokio_rustls::LazyConfigAcceptor;
 
 use crate::ca::InterceptCa;
 use crate::respond::{self, Blocked};
-use crate::server::{Shared, drive, refuse, track_tunnel};
+use crate::server::{Shared, drive, track_tunnel};
 use crate::{Body, forward, headers};
 
-/// The rest of a `CONNECT` the policy allowed for interception: check that the CA may sign
-/// for the host and that the name resolves to allowed addresses, then answer 200 and serve the
-/// tunnel. As for a plain tunnel, nothing is answered 200 that is already known to fail.
+/// The rest of a `CONNECT` admitted for interception: check that the CA may sign for the
+/// host and that the name resolves to allowed addresses, then answer 200 and serve the
+/// tunnel. As for a plain tunnel, nothing is answered 200 that is already known to fail. The
+/// attempt is settled (one event) when the client's TLS handshake ends: allowed, or the
+/// failure that ended it.
 pub(crate) async fn open(
     shared: &Arc<Shared>,
     ca: Arc<InterceptCa>,
-    peer: SocketAddr,
+    mut admission: Admission,
     mut req: Request<Incoming>,
     target: Target,
     tunnels: &Connections,
 ) -> Response<Body> {
-    let engine = &shared.engine;
-    let attempt = connect_attempt(&target, peer);
+    let cx = Blocked {
+        target: &target,
+        protocol: Protocol::HttpConnect.as_str(),
+        method: "CONNECT",
+        mode: admission.mode(),
+    };
     if !ca.covers(&target.host) {
         // The allowlist grew after start-up: the CA's name constraints predate the change.
         tracing::warn!(host = %target.host, "the interception ca does not cover this host: restart proxyd");
-        engine.record(engine.event(&attempt, Outcome::Failed("mitm_ca_scope".into())));
-        let message =
-            "the interception ca does not cover this host; restart proxyd to apply the allowlist";
-        return respond::error(StatusCode::BAD_GATEWAY, "mitm_ca_scope", message);
+        return respond::refusal(&admission.fail(Failure::MitmCaScope), &cx);
     }
-    let mut event = engine.event(&attempt, Outcome::Allowed);
     // Through an upstream proxy the name is resolved there (SPEC §7.6); otherwise resolve and
     // check it now, so a name that only leads to blocked addresses is refused before the 200.
-    if shared.settings.upstream.for_target(true, &target).is_none() {
-        let cx = Blocked {
-            target: &target,
-            protocol: Protocol::HttpConnect.as_str(),
-            method: "CONNECT",
-            mode: engine.mode(),
-        };
-        match engine.resolve_checked(&target).await {
-            Ok(checked) => event.dns_time = Some(checked.dns_time),
-            Err(err) => return refuse(shared, &attempt, &err, &cx),
-        }
+    if shared.settings.upstream.for_target(true, &target).is_none()
+        && let Err(refusal) = admission.resolve().await
+    {
+        return respond::refusal(&refusal, &cx);
     }
-    engine.record(event);
-
     let on_upgrade = hyper::upgrade::on(&mut req);
     let guard = track_tunnel(shared, tunnels);
     let (shared, tunnels) = (shared.clone(), tunnels.clone());
-    let span = tracing::debug_span!("mitm", client = %peer, target = %target);
+    let peer = admission.attempt().client;
+    let span = tracing::debug_span!("mitm", client = ?peer, target = %target);
     tokio::spawn(tracing::Instrument::instrument(
         async move {
             let _guard = guard;
             match on_upgrade.await {
-                Ok(upgraded) => serve(shared, ca, peer, target, upgraded, tunnels).await,
+                Ok(upgraded) => serve(shared, ca, admission, target, upgraded, tunnels).await,
                 Err(err) => tracing::debug!(error = %err, "connect upgrade failed"),
             }
         },
@@ -92,21 +86,11 @@ pub(crate) async fn open(
     response
 }
 
-fn connect_attempt(target: &Target, peer: SocketAddr) -> Attempt<'_> {
-    Attempt {
-        protocol: Protocol::HttpConnect,
-        target,
-        method: Some("CONNECT"),
-        client: Some(peer),
-        side_doors: SideDoors::default(),
-    }
-}
-
 /// Terminates TLS on the tunnel and serves the requests inside it.
 async fn serve(
     shared: Arc<Shared>,
     ca: Arc<InterceptCa>,
-    peer: SocketAddr,
+    mut admission: Admission,
     target: Target,
     upgraded: Upgraded,
     tunnels: Connections,
@@ -117,21 +101,15 @@ async fn serve(
         Ok(Ok(start)) => start,
         // Not TLS (or not in time): nothing reaches any origin, but the attempt is recorded,
         // since a client sending plaintext into an intercepted tunnel is worth seeing.
-        result => {
-            let code = match result {
-                Ok(Err(err)) => {
-                    tracing::info!(error = %err, "not a tls client hello inside an intercepted tunnel");
-                    "mitm_not_tls"
-                }
-                _ => {
-                    tracing::debug!("client hello timed out");
-                    "mitm_hello_timeout"
-                }
-            };
-            let engine = &shared.engine;
-            let event =
-                engine.event(&inner_attempt(&target, peer, None), Outcome::Failed(code.into()));
-            return engine.record(event);
+        Ok(Err(err)) => {
+            tracing::info!(error = %err, "not a tls client hello inside an intercepted tunnel");
+            let _ = admission.fail(Failure::MitmNotTls);
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("client hello timed out");
+            let _ = admission.fail(Failure::MitmHelloTimeout);
+            return;
         }
     };
     let sni = start.client_hello().server_name().map(str::to_owned);
@@ -140,17 +118,15 @@ async fn serve(
             sni = sni.as_deref().unwrap_or("-"),
             "tls server name does not match the connect host"
         );
-        let engine = &shared.engine;
-        engine.record(
-            engine
-                .event(&inner_attempt(&target, peer, None), Outcome::Blocked(Reason::SniMismatch)),
-        );
+        let _ = admission.block(Reason::SniMismatch);
         return;
     }
     let config = match ca.server_config(&target.host) {
         Ok(config) => config,
         Err(err) => {
-            return tracing::error!(error = %err, "signing an interception certificate failed");
+            tracing::error!(error = %err, "signing an interception certificate failed");
+            let _ = admission.fail(Failure::MitmLeafFailed);
+            return;
         }
     };
     let tls = match timeout(handshake_timeout, start.into_stream(config)).await {
@@ -158,20 +134,26 @@ async fn serve(
         Ok(Err(err)) => {
             // Most often the client does not trust proxyd's CA.
             tracing::info!(error = %err, "tls handshake with the client failed");
-            let engine = &shared.engine;
-            let outcome = Outcome::Failed("mitm_handshake_failed".into());
-            return engine.record(engine.event(&inner_attempt(&target, peer, None), outcome));
+            let _ = admission.fail(Failure::MitmHandshakeFailed);
+            return;
         }
-        Err(_) => return tracing::debug!("tls handshake with the client timed out"),
+        Err(_) => {
+            tracing::debug!("tls handshake with the client timed out");
+            let _ = admission.fail(Failure::MitmHandshakeTimeout);
+            return;
+        }
     };
-
+    let Some(peer) = admission.attempt().client else { return };
+    // The tunnel lives under its lease: a change that refuses the host (a reload that denies
+    // it, a switch that disables the proxy) closes it; each request inside has its own.
+    let lease = admission.admit();
     let target = Arc::new(target);
     let svc_shared = shared.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         let (shared, target, tunnels) = (svc_shared.clone(), target.clone(), tunnels.clone());
         async move { Ok::<_, Infallible>(handle(&shared, peer, &target, req, &tunnels).await) }
     });
-    drive(&shared, tls, service, shared.stopping.subscribe()).await;
+    drive(&shared, tls, service, lease.ended()).await;
 }
 
 /// The TLS server name rule of the tunnel (see the module docs). Names are compared in
@@ -182,16 +164,6 @@ fn sni_matches(connect_host: &Host, sni: Option<&str>) -> bool {
         (Host::Name(_), None) => false,
         (Host::Ip(_), None) => true,
         (Host::Ip(_), Some(_)) => false,
-    }
-}
-
-fn inner_attempt<'a>(target: &'a Target, peer: SocketAddr, method: Option<&'a str>) -> Attempt<'a> {
-    Attempt {
-        protocol: Protocol::Https,
-        target,
-        method,
-        client: Some(peer),
-        side_doors: SideDoors::default(),
     }
 }
 

@@ -29,7 +29,7 @@ pub(crate) struct PoolKey {
 /// Upstream connections, reused only for the same scheme, host, port and checked address.
 #[derive(Default)]
 pub(crate) struct Pool {
-    idle: Mutex<HashMap<PoolKey, Vec<SendRequest<Incoming>>>>,
+    idle: Mutex<HashMap<PoolKey, Vec<SendRequest<crate::leased::Leased<Incoming>>>>>,
 }
 
 impl Pool {
@@ -38,14 +38,14 @@ impl Pool {
         &self,
         scheme: Scheme,
         checked: &Checked,
-    ) -> Option<(SendRequest<Incoming>, PoolKey)> {
+    ) -> Option<(SendRequest<crate::leased::Leased<Incoming>>, PoolKey)> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let mut cx = Context::from_waker(Waker::noop());
-        for addr in &checked.addrs {
+        for addr in checked.addrs() {
             let key = PoolKey {
                 scheme,
-                host: checked.target.host.clone(),
-                port: checked.target.port,
+                host: checked.target().host.clone(),
+                port: checked.target().port,
                 addr: *addr,
             };
             let Some(senders) = idle.get_mut(&key) else { continue };
@@ -61,7 +61,7 @@ impl Pool {
         None
     }
 
-    pub(crate) fn checkin(&self, key: PoolKey, sender: SendRequest<Incoming>) {
+    pub(crate) fn checkin(&self, key: PoolKey, sender: SendRequest<crate::leased::Leased<Incoming>>) {
         if sender.is_closed() {
             return;
         }
@@ -89,7 +89,7 @@ mod tests {
     use super::*;
 
     /// A sender over an in-memory pipe; it stays open while `server` is kept.
-    async fn sender() -> (SendRequest<Incoming>, tokio::io::DuplexStream) {
+    async fn sender() -> (SendRequest<crate::leased::Leased<Incoming>>, tokio::io::DuplexStream) {
         let (client, server) = tokio::io::duplex(64);
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(client))
             .await

@@ -1,20 +1,44 @@
-//! Responses proxyd makes itself: policy blocks (SPEC §6.1) and client or upstream errors.
-//! No upstream error text ever reaches the client: bodies carry a fixed message per reason.
+//! Responses proxyd makes itself: policy blocks (SPEC §6.1) and client or upstream errors,
+//! and the mapping of the admission path's [`Refusal`]s to HTTP status and `x-proxy-error`
+//! (wire presentation belongs to the listener, not to `policy` or `net`). No upstream error
+//! text ever reaches the client: bodies carry a fixed message per reason.
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
-use proxyd_net::DialError;
+use proxyd_net::{Failure, Refusal};
 use proxyd_policy::{Mode, Reason, Target, TargetError};
 
 use crate::Body;
 
 /// Everything a blocked response names besides the reason.
+#[derive(Clone, Copy)]
 pub(crate) struct Blocked<'a> {
     pub(crate) target: &'a Target,
     pub(crate) protocol: &'a str,
     pub(crate) method: &'a str,
     pub(crate) mode: Mode,
+}
+
+/// The `x-proxy-error` header value; `None` when the block is not a policy decision.
+pub(crate) fn x_proxy_error(reason: &Reason) -> Option<&'static str> {
+    match reason {
+        Reason::ProxyDisabled => None,
+        Reason::Denied => Some("blocked-by-denylist"),
+        Reason::NotAllowed | Reason::NotAllowedLocal => Some("blocked-by-allowlist"),
+        Reason::MethodNotAllowed => Some("blocked-by-method-policy"),
+        Reason::SelfConnection
+        | Reason::SniMismatch
+        | Reason::UnixSocketChanged
+        | Reason::Decider(_) => Some("blocked-by-policy"),
+    }
+}
+
+fn blocked_status(reason: &Reason) -> StatusCode {
+    match reason {
+        Reason::ProxyDisabled => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::FORBIDDEN,
+    }
 }
 
 /// 403 (or 503 when disabled) with `x-proxy-error` and a JSON body.
@@ -29,22 +53,47 @@ pub(crate) fn blocked(reason: &Reason, b: &Blocked<'_>) -> Response<Body> {
         "mode": b.mode.as_str(),
         "message": reason.message(),
     });
-    let status = StatusCode::from_u16(reason.http_status()).unwrap_or(StatusCode::FORBIDDEN);
-    let mut response = json(status, &body);
-    if let Some(value) = reason.x_proxy_error() {
+    let mut response = json(blocked_status(reason), &body);
+    if let Some(value) = x_proxy_error(reason) {
         response.headers_mut().insert("x-proxy-error", HeaderValue::from_static(value));
     }
     response
 }
 
-/// A failed dial: 502/504 without details, or a block when the resolved-address check refused.
-pub(crate) fn dial_failed(err: &DialError, b: &Blocked<'_>) -> Response<Body> {
-    match err.reason() {
-        Some(reason) => blocked(reason, b),
-        None => {
-            let status = StatusCode::from_u16(err.http_status()).unwrap_or(StatusCode::BAD_GATEWAY);
-            error(status, err.code(), &err.to_string())
+/// A refusal from the admission path: the block, or 502/504 without upstream details.
+pub(crate) fn refusal(refusal: &Refusal, b: &Blocked<'_>) -> Response<Body> {
+    match refusal {
+        Refusal::Blocked { reason, mode } => blocked(reason, &Blocked { mode: *mode, ..*b }),
+        Refusal::Failed { failure, .. } => {
+            let (status, message) = failure_answer(*failure);
+            error(status, failure.code(), message)
         }
+    }
+}
+
+fn failure_answer(failure: Failure) -> (StatusCode, &'static str) {
+    match failure {
+        Failure::DnsFailed => (StatusCode::BAD_GATEWAY, "dns lookup failed"),
+        Failure::ConnectRefused => (StatusCode::BAD_GATEWAY, "connection refused"),
+        Failure::ConnectUnreachable => (StatusCode::BAD_GATEWAY, "destination unreachable"),
+        Failure::ConnectTimeout => (StatusCode::GATEWAY_TIMEOUT, "connect timed out"),
+        Failure::UpstreamProxy => (StatusCode::BAD_GATEWAY, "the upstream proxy failed"),
+        Failure::UpstreamTls => (StatusCode::BAD_GATEWAY, "tls with the origin failed"),
+        Failure::UpstreamFailed => {
+            (StatusCode::BAD_GATEWAY, "the upstream server failed to answer")
+        }
+        Failure::UnixSocket => (StatusCode::BAD_GATEWAY, "connecting to the unix socket failed"),
+        Failure::MitmCaScope => (
+            StatusCode::BAD_GATEWAY,
+            "the interception ca does not cover this host; restart proxyd to apply the allowlist",
+        ),
+        Failure::MitmNotTls
+        | Failure::MitmHelloTimeout
+        | Failure::MitmLeafFailed
+        | Failure::MitmHandshakeFailed
+        | Failure::MitmHandshakeTimeout
+        | Failure::ClientGone
+        | Failure::UdpRelay => (StatusCode::BAD_GATEWAY, "the proxy failed to serve this request"),
     }
 }
 
@@ -78,4 +127,36 @@ pub(crate) fn full(bytes: Bytes) -> Body {
 
 pub(crate) fn empty() -> Body {
     full(Bytes::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_map_to_status_and_header() {
+        let table = [
+            (Reason::Denied, 403, Some("blocked-by-denylist")),
+            (Reason::NotAllowed, 403, Some("blocked-by-allowlist")),
+            (Reason::NotAllowedLocal, 403, Some("blocked-by-allowlist")),
+            (Reason::MethodNotAllowed, 403, Some("blocked-by-method-policy")),
+            (Reason::SelfConnection, 403, Some("blocked-by-policy")),
+            (Reason::SniMismatch, 403, Some("blocked-by-policy")),
+            (Reason::UnixSocketChanged, 403, Some("blocked-by-policy")),
+            (Reason::Decider("x".into()), 403, Some("blocked-by-policy")),
+            (Reason::ProxyDisabled, 503, None),
+        ];
+        for (reason, status, header) in table {
+            assert_eq!(blocked_status(&reason).as_u16(), status, "{reason}");
+            assert_eq!(x_proxy_error(&reason), header, "{reason}");
+        }
+    }
+
+    #[test]
+    fn failures_map_to_502_or_504() {
+        assert_eq!(failure_answer(Failure::ConnectTimeout).0, StatusCode::GATEWAY_TIMEOUT);
+        for failure in [Failure::DnsFailed, Failure::ConnectRefused, Failure::UpstreamTls] {
+            assert_eq!(failure_answer(failure).0, StatusCode::BAD_GATEWAY, "{failure:?}");
+        }
+    }
 }

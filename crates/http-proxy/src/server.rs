@@ -9,10 +9,10 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::{HttpService, service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use proxyd_net::{Attempt, Connections, DialError, Engine, Outcome, Tracked, accept_loop, drain};
+use proxyd_lifecycle::accept_loop;
+use proxyd_net::{Connections, Engine, Tracked};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 
 use crate::idle::{Clocked, IdleClock};
 use crate::pool::Pool;
@@ -26,13 +26,9 @@ pub(crate) struct Shared {
     pub(crate) tls: tokio_rustls::TlsConnector,
     /// Client connections.
     pub(crate) connections: Connections,
-    /// Upgraded connections and tunnels, which hyper's graceful shutdown does not see.
+    /// Upgraded connections and tunnels, which hyper's graceful shutdown does not see (for
+    /// metrics; the lifecycle's drain tracks them too).
     pub(crate) tunnels: Connections,
-    /// Turns true when the listener stops accepting: intercepted tunnels then finish their
-    /// request in flight and close, like client connections.
-    pub(crate) stopping: watch::Sender<bool>,
-    /// Turns true when a drain ends: client connections still open are closed then.
-    pub(crate) drained: watch::Sender<bool>,
 }
 
 /// The HTTP proxy listener.
@@ -51,8 +47,6 @@ impl HttpProxy {
             tls,
             connections: Connections::new(),
             tunnels: Connections::new(),
-            stopping: watch::Sender::new(false),
-            drained: watch::Sender::new(false),
         };
         HttpProxy { shared: Arc::new(shared) }
     }
@@ -67,39 +61,24 @@ impl HttpProxy {
         self.shared.tunnels.clone()
     }
 
-    /// Serves until `shutdown` turns true, then stops accepting, lets in-flight requests finish
-    /// and closes tunnels once `drain_timeout` has passed (SPEC §7.5).
-    pub async fn serve(&self, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
-        let connections = self.shared.connections.clone();
+    /// Serves until the lifecycle stops; in-flight requests, tunnels and upgraded connections
+    /// are then drained and closed by the lifecycle's one shutdown (SPEC §7.5).
+    pub async fn serve(&self, listener: TcpListener) {
         let shared = self.shared.clone();
-        let stop = shutdown.clone();
-        let handler = move |stream: TcpStream, peer: SocketAddr| {
-            serve_connection(shared.clone(), stream, peer, stop.clone())
-        };
-        let stopping = async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        };
+        let handler =
+            move |stream: TcpStream, peer: SocketAddr| serve_connection(shared.clone(), stream, peer);
         accept_loop(
             listener,
             self.shared.settings.max_connections,
-            connections.clone(),
-            stopping,
+            self.shared.engine.lifecycle(),
+            self.shared.connections.clone(),
             handler,
         )
         .await;
-        self.shared.stopping.send_replace(true);
-        drain(&[&connections, &self.shared.tunnels], self.shared.settings.drain_timeout).await;
-        self.shared.drained.send_replace(true);
-        self.shared.engine.close_tunnels();
     }
 }
 
-async fn serve_connection(
-    shared: Arc<Shared>,
-    stream: TcpStream,
-    peer: SocketAddr,
-    stop: watch::Receiver<bool>,
-) {
+async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     // Tunnels opened on this connection: it keeps its `max_connections` slot until they end.
     let conn_tunnels = Connections::new();
     let svc_shared = shared.clone();
@@ -111,20 +90,21 @@ async fn serve_connection(
     });
     // The connection is dropped when `drive` returns, so a CONNECT whose upgrade never
     // happened (a drain that ran out mid-dial) releases its tunnel guard.
-    drive(&shared, stream, service, stop).await;
+    drive(&shared, stream, service, std::future::pending()).await;
     // Tunnels end by themselves, by their idle timeout, limited mode or the end of a drain.
     conn_tunnels.wait_idle().await;
 }
 
 /// Serves one HTTP/1.1 client connection (a plain one, or the decrypted stream of an
-/// intercepted tunnel) until it ends. When `stop` turns true or the connection has been idle
+/// intercepted tunnel) until it ends. When shutdown begins or the connection has been idle
 /// in both directions for `idle_timeout` (SPEC §2.2), the request in flight is finished and the
-/// connection closed; a drain that runs out closes it anyway.
+/// connection closed; when the lifecycle closes, or `ended` resolves (an intercepted tunnel's
+/// lease was revoked), it is closed at once.
 pub(crate) async fn drive<S, Svc>(
     shared: &Shared,
     stream: S,
     service: Svc,
-    mut stop: watch::Receiver<bool>,
+    ended: impl std::future::Future<Output = ()>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     Svc: HttpService<Incoming, ResBody = Body>,
@@ -139,9 +119,9 @@ pub(crate) async fn drive<S, Svc>(
     let io = TokioIo::new(Clocked::new(stream, clock.clone()));
     let conn = builder.serve_connection(io, service).with_upgrades();
     tokio::pin!(conn);
-    // Not `Engine::tunnel_closed`: that also fires in limited mode, which must not cut short
-    // the requests a drain lets finish.
-    let mut drained = shared.drained.subscribe();
+    let lifecycle = shared.engine.lifecycle();
+    let closed = lifecycle.closing();
+    tokio::pin!(ended, closed);
     let closing = tokio::select! {
         result = conn.as_mut() => {
             if let Err(err) = result {
@@ -149,18 +129,21 @@ pub(crate) async fn drive<S, Svc>(
             }
             false
         }
-        _ = stop.wait_for(|stop| *stop) => true,
+        () = lifecycle.stopping() => true,
         // A request that is merely slow still gets its response before the connection closes.
-        _ = clock.idle(shared.settings.idle_timeout) => {
+        () = clock.idle(shared.settings.idle_timeout) => {
             tracing::debug!("client connection idle, closing");
             true
         }
+        () = &mut ended => return,
+        () = &mut closed => return,
     };
     if closing {
         conn.as_mut().graceful_shutdown();
         tokio::select! {
             _ = conn.as_mut() => {}
-            _ = drained.wait_for(|drained| *drained) => {}
+            () = &mut ended => {}
+            () = &mut closed => {}
         }
     }
 }
@@ -184,25 +167,9 @@ async fn handle(
     forward::handle(&shared, peer, req, tunnels).await
 }
 
-/// Counts a tunnel or upgraded connection until the guards drop: listener-wide for the drain,
-/// and on the client connection it came from (`conn_tunnels`), which so keeps its
-/// `max_connections` slot.
-pub(crate) fn track_tunnel(shared: &Shared, conn_tunnels: &Connections) -> (Tracked, Tracked) {
-    (shared.tunnels.track(), conn_tunnels.track())
-}
-
-/// Records a failed resolution or dial and answers it: 403 for a resolved-address block,
-/// 502/504 otherwise.
-pub(crate) fn refuse(
-    shared: &Shared,
-    attempt: &Attempt<'_>,
-    err: &DialError,
-    cx: &respond::Blocked<'_>,
-) -> Response<Body> {
-    let outcome = match err.reason() {
-        Some(reason) => Outcome::Blocked(reason.clone()),
-        None => Outcome::Failed(err.code().to_owned()),
-    };
-    shared.engine.record(shared.engine.event(attempt, outcome));
-    respond::dial_failed(err, cx)
+/// Counts a tunnel or upgraded connection until the guards drop: listener-wide for metrics,
+/// in the lifecycle for the one drain, and on the client connection it came from
+/// (`conn_tunnels`), which so keeps its `max_connections` slot.
+pub(crate) fn track_tunnel(shared: &Shared, conn_tunnels: &Connections) -> [Tracked; 3] {
+    [shared.tunnels.track(), shared.engine.lifecycle().track(), conn_tunnels.track()]
 }

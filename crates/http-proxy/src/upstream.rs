@@ -21,6 +21,8 @@ const MAX_CONNECT_HEAD: usize = 16 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ProxyEndpoint {
     pub(crate) target: Target,
+    /// The same, as an operator's endpoint for the egress path.
+    pub(crate) endpoint: proxyd_net::OperatorEndpoint,
     /// `Proxy-Authorization` built from the URL's userinfo.
     pub(crate) authorization: Option<HeaderValue>,
 }
@@ -102,7 +104,8 @@ fn parse_proxy_url(value: &str) -> Result<ProxyEndpoint, String> {
                 .map_err(|_| "invalid proxy credentials".to_owned())
         })
         .transpose()?;
-    Ok(ProxyEndpoint { target, authorization })
+    let endpoint = proxyd_net::OperatorEndpoint::from_operator_config(target.clone());
+    Ok(ProxyEndpoint { target, endpoint, authorization })
 }
 
 /// `NO_PROXY`: names (which also cover their subdomains), `.suffix`, `*.suffix`, IPs, CIDRs

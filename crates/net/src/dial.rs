@@ -39,13 +39,49 @@ struct Inner {
 }
 
 /// The addresses a target may be dialled at: every one has passed `Policy::check_resolved`.
+/// Only the admission path constructs one (private fields), and only a `Checked` is ever
+/// connected to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checked {
-    pub target: Target,
+    target: Target,
     /// In the resolver's order, deduplicated, with the target's port.
-    pub addrs: Vec<SocketAddr>,
+    addrs: Vec<SocketAddr>,
     /// Time spent resolving (zero for literals and `localhost` names).
-    pub dns_time: Duration,
+    dns_time: Duration,
+}
+
+impl Checked {
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// The checked addresses, in the resolver's order, with the target's port.
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    pub fn dns_time(&self) -> Duration {
+        self.dns_time
+    }
+}
+
+/// An endpoint the operator configured (an upstream proxy, SPEC §7.6), not one a client asked
+/// for: no allowlist or local-address check applies to it, but proxyd still never connects to
+/// its own listeners. Dialled only for an admitted attempt ([`crate::Admission::dial_upstream`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorEndpoint {
+    target: Target,
+}
+
+impl OperatorEndpoint {
+    /// From proxyd's own configuration or environment, never from a client's request.
+    pub fn from_operator_config(target: Target) -> OperatorEndpoint {
+        OperatorEndpoint { target }
+    }
+
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
 }
 
 /// An established upstream connection, with `TCP_NODELAY` set.
@@ -54,7 +90,6 @@ pub struct Connected {
     pub stream: TcpStream,
     /// The checked address that won the race.
     pub peer: SocketAddr,
-    pub dns_time: Duration,
     pub connect_time: Duration,
 }
 
@@ -100,7 +135,7 @@ impl Dialer {
     ///
     /// Call only after `Policy::decide` allowed the target: this is where its name is sent to
     /// DNS.
-    pub async fn resolve_checked(
+    pub(crate) async fn resolve_checked(
         &self,
         policy: &Policy,
         target: &Target,
@@ -134,13 +169,13 @@ impl Dialer {
 
     /// SPEC §6 step 8: races the checked addresses (RFC 8305 style, see the crate docs), the
     /// whole race bounded by `connect_timeout`.
-    pub async fn connect(&self, checked: &Checked) -> Result<Connected, DialError> {
+    pub(crate) async fn connect(&self, checked: &Checked) -> Result<Connected, DialError> {
         let started = Instant::now();
         let (stream, peer) = self.race_checked(checked, connect_addr).await?;
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%peer, %error, "setting TCP_NODELAY failed");
         }
-        Ok(Connected { stream, peer, dns_time: checked.dns_time, connect_time: started.elapsed() })
+        Ok(Connected { stream, peer, connect_time: started.elapsed() })
     }
 
     /// The race of [`Dialer::connect`] with the connection attempt as a parameter, so the
@@ -173,24 +208,16 @@ impl Dialer {
         }
     }
 
-    /// [`Dialer::resolve_checked`], then [`Dialer::connect`].
-    pub async fn dial(&self, policy: &Policy, target: &Target) -> Result<Connected, DialError> {
-        let checked = self.resolve_checked(policy, target).await?;
+    /// Dials an operator's endpoint: resolved and connected like any target, but checked only
+    /// against proxyd's own listeners, so an upstream proxy variable that points back at
+    /// proxyd fails instead of looping.
+    pub(crate) async fn dial_operator(
+        &self,
+        endpoint: &OperatorEndpoint,
+    ) -> Result<Connected, DialError> {
+        let operator = Policy { allow_local_binding: true, enabled: true, ..Policy::default() };
+        let checked = self.resolve_checked(&operator, &endpoint.target).await?;
         self.connect(&checked).await
-    }
-
-    /// Dials an endpoint the operator configured (the upstream proxy of SPEC §7.6), not one a
-    /// client asked for: no allowlist or local-address check applies, but proxyd still never
-    /// connects to its own listeners, so an upstream proxy variable that points back at proxyd
-    /// fails instead of looping.
-    pub async fn dial_trusted(&self, target: &Target) -> Result<Connected, DialError> {
-        let trusted = Policy {
-            allowed: proxyd_policy::PatternSet::default(),
-            denied: proxyd_policy::PatternSet::default(),
-            allow_local_binding: true,
-            enabled: true,
-        };
-        self.dial(&trusted, target).await
     }
 
     /// One lookup, bounded by `dns_timeout`. The error text is logged, never returned.

@@ -1,21 +1,21 @@
-//! The live decision state shared by every listener: the current policy and mode, the policy
-//! decider hook (SPEC §9), the structured decision events (SPEC §10), and the signals that close
-//! open tunnels (a switch to limited mode, SPEC §6.2, and the end of a drain, SPEC §7.5).
+//! The live decision state shared by every listener: the current policy and mode as one
+//! snapshot, the policy decider hook (SPEC §9), decision events (SPEC §10), and the registry of
+//! live exchanges ([`Lease`]s) that hears every mode switch and reload.
 //!
-//! Listeners call [`Engine::decide`] and then [`Engine::resolve_checked`]/[`Engine::dial`];
-//! nothing here holds a lock across an await: the policy is an `Arc` snapshot taken per request.
+//! Listeners call [`Engine::admit`] (admission.rs) and nothing else to decide, record and dial.
+//! Nothing here holds a lock across an await: a snapshot is an `Arc` taken once per attempt.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use proxyd_policy::{
-    Decision, Mode, Policy, Protocol, Reason, Request, SideDoors, Target, Verdict,
-};
-use tokio::sync::watch;
+use proxyd_lifecycle::Lifecycle;
+use proxyd_policy::{Mode, Policy, Protocol, Reason};
 
-use crate::dial::{Checked, Connected, Dialer};
-use crate::error::DialError;
+use crate::admission::{Facts, LeaseState};
+use crate::dial::Dialer;
 use crate::resolve::BoxFuture;
 
 /// What the policy decider sees (SPEC §9): only allowlist misses reach it.
@@ -50,7 +50,6 @@ pub struct Event {
     pub port: u16,
     pub method: Option<String>,
     pub mode: Mode,
-    /// `None` when allowed; otherwise the block or failure.
     pub outcome: Outcome,
     pub dns_time: Option<Duration>,
     pub connect_time: Option<Duration>,
@@ -61,8 +60,8 @@ pub enum Outcome {
     Allowed,
     /// A policy block (goes to the blocked log).
     Blocked(Reason),
-    /// A failure that is not a policy decision (`dns_failed`, `connect_refused`, `malformed`…).
-    Failed(String),
+    /// A failure that is not a policy decision (`dns_failed`, `connect_refused`…).
+    Failed(&'static str),
 }
 
 impl Outcome {
@@ -91,148 +90,156 @@ pub trait EventSink: Send + Sync + 'static {
     fn tunnel_bytes(&self, _protocol: &str, _up: u64, _down: u64) {}
 }
 
-/// A request being decided.
-#[derive(Debug, Clone, Copy)]
-pub struct Attempt<'a> {
-    pub protocol: Protocol,
-    pub target: &'a Target,
-    pub method: Option<&'a str>,
-    pub client: Option<SocketAddr>,
-    pub side_doors: SideDoors,
+/// The policy and mode in force, read together once per attempt. `generation` moves on every
+/// reload and every mode switch.
+#[derive(Debug)]
+pub(crate) struct Snapshot {
+    pub(crate) policy: Arc<Policy>,
+    pub(crate) mode: Mode,
+    pub(crate) generation: u64,
 }
 
 /// The shared live state. Cheap to clone.
 #[derive(Clone)]
 pub struct Engine {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    policy: RwLock<Arc<Policy>>,
-    mode: watch::Sender<Mode>,
-    /// Bumped on every switch from full to limited: an open tunnel closes when it changes,
-    /// however briefly the mode stayed limited.
-    limited_epoch: watch::Sender<u64>,
-    closing: watch::Sender<bool>,
-    dialer: Dialer,
-    decider: Option<(Arc<dyn Decider>, Duration)>,
+pub(crate) struct Inner {
+    snapshot: RwLock<Arc<Snapshot>>,
+    /// Serialises changes, so the snapshot swap and the revocation sweep after it are one step.
+    changing: Mutex<()>,
+    pub(crate) dialer: Dialer,
+    pub(crate) decider: Option<(Arc<dyn Decider>, Duration)>,
     sinks: Vec<Arc<dyn EventSink>>,
+    pub(crate) lifecycle: Lifecycle,
+    /// Every live exchange (tunnel, upgraded connection, streaming request, association).
+    leases: Mutex<HashMap<u64, Arc<LeaseState>>>,
+    next_lease: AtomicU64,
 }
 
 impl Engine {
-    pub fn new(policy: Policy, mode: Mode, dialer: Dialer) -> Engine {
-        Engine::builder(policy, mode, dialer).build()
-    }
-
     pub fn builder(policy: Policy, mode: Mode, dialer: Dialer) -> EngineBuilder {
-        EngineBuilder { policy, mode, dialer, decider: None, sinks: Vec::new() }
-    }
-
-    /// The current policy snapshot.
-    pub fn policy(&self) -> Arc<Policy> {
-        self.inner.policy.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// Swaps the policy for new decisions.
-    pub fn set_policy(&self, policy: Policy) {
-        *self.inner.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
-    }
-
-    pub fn mode(&self) -> Mode {
-        *self.inner.mode.borrow()
-    }
-
-    /// Switches the mode for the next request; a switch to limited closes open tunnels.
-    pub fn set_mode(&self, mode: Mode) {
-        let old = self.inner.mode.send_replace(mode);
-        if old != Mode::Limited && mode == Mode::Limited {
-            self.inner.limited_epoch.send_modify(|epoch| *epoch += 1);
+        EngineBuilder {
+            policy,
+            mode,
+            dialer,
+            decider: None,
+            sinks: Vec::new(),
+            lifecycle: Lifecycle::new(),
         }
     }
 
+    pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
+        self.inner.snapshot.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// The current policy.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.snapshot().policy.clone()
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.snapshot().mode
+    }
+
+    /// Counts reloads and mode switches.
+    pub fn generation(&self) -> u64 {
+        self.snapshot().generation
+    }
+
+    /// The dialler's settings (timeouts, proxyd's own listeners); it dials only for an
+    /// admission.
     pub fn dialer(&self) -> &Dialer {
         &self.inner.dialer
     }
 
-    /// Asks every open tunnel to close (end of a drain).
-    pub fn close_tunnels(&self) {
-        self.inner.closing.send_replace(true);
+    pub fn lifecycle(&self) -> &Lifecycle {
+        &self.inner.lifecycle
     }
 
-    /// Resolves when an open tunnel must close: the mode is limited now, or switches to
-    /// limited later (even for a moment), or a drain ran out.
-    pub fn tunnel_closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut epoch = self.inner.limited_epoch.subscribe();
-        let opened_in = *epoch.borrow_and_update();
-        let limited_now = self.mode() == Mode::Limited;
-        let mut closing = self.inner.closing.subscribe();
-        async move {
-            if limited_now {
-                return;
+    /// Swaps the policy. Before this returns, every live exchange the new policy would refuse
+    /// is revoked: it sends no further byte (SPEC §6.2, §8.2).
+    pub fn set_policy(&self, policy: Policy) {
+        self.change(|snapshot| Snapshot {
+            policy: Arc::new(policy),
+            mode: snapshot.mode,
+            generation: snapshot.generation + 1,
+        });
+    }
+
+    /// Switches the mode. Before this returns, every live exchange the new mode refuses
+    /// (tunnels, upgrades, UDP associations, requests still streaming a body that limited mode
+    /// forbids) is revoked.
+    pub fn set_mode(&self, mode: Mode) {
+        self.change(|snapshot| Snapshot {
+            policy: snapshot.policy.clone(),
+            mode,
+            generation: snapshot.generation + 1,
+        });
+    }
+
+    /// Sets the policy and the mode in one step (a reload that changes both).
+    pub fn set(&self, policy: Policy, mode: Mode) {
+        self.change(|snapshot| Snapshot {
+            policy: Arc::new(policy),
+            mode,
+            generation: snapshot.generation + 1,
+        });
+    }
+
+    fn change(&self, next: impl FnOnce(&Snapshot) -> Snapshot) {
+        let _serial = self.inner.changing.lock().unwrap_or_else(PoisonError::into_inner);
+        let new = {
+            let mut slot = self.inner.snapshot.write().unwrap_or_else(PoisonError::into_inner);
+            let new = Arc::new(next(&slot));
+            *slot = new.clone();
+            new
+        };
+        let own = self.inner.dialer.own_listeners();
+        let leases: Vec<Arc<LeaseState>> =
+            self.inner.leases.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
+        let mut revoked = 0usize;
+        for lease in leases {
+            if let Some(reason) = lease.facts.recheck(&new, &own) {
+                lease.revoke(reason);
+                revoked += 1;
             }
-            tokio::select! {
-                _ = epoch.wait_for(|e| *e != opened_in) => {}
-                _ = closing.wait_for(|c| *c) => {}
-            }
+        }
+        if revoked > 0 {
+            tracing::info!(revoked, mode = new.mode.as_str(), "live exchanges closed by a policy or mode change");
         }
     }
 
-    /// Steps 2–6 of SPEC §6, with the decider for allowlist misses.
-    pub async fn decide(&self, attempt: &Attempt<'_>) -> Decision {
-        self.decide_request(attempt, false).await
-    }
-
-    /// [`Engine::decide`] for a `CONNECT` whose tunnel the listener terminates and whose
-    /// requests it decides again one by one (`Request::inspected`): limited mode lets it open.
-    pub async fn decide_inspected(&self, attempt: &Attempt<'_>) -> Decision {
-        self.decide_request(attempt, true).await
-    }
-
-    async fn decide_request(&self, attempt: &Attempt<'_>, inspected: bool) -> Decision {
-        let policy = self.policy();
-        let request = Request {
-            protocol: attempt.protocol,
-            target: attempt.target,
-            method: attempt.method,
-            mode: self.mode(),
-            side_doors: attempt.side_doors,
-            inspected,
-        };
-        let consult = match policy.decide(&request) {
-            Verdict::Decided(decision) => return decision,
-            Verdict::Consult(consult) => consult,
-        };
-        let Some((decider, timeout)) = &self.inner.decider else {
-            return consult.not_allowed();
-        };
-        let question = DeciderRequest {
-            protocol: attempt.protocol,
-            host: attempt.target.host.to_string(),
-            port: attempt.target.port,
-            client_addr: attempt.client,
-            method: attempt.method.map(str::to_owned),
-        };
-        match tokio::time::timeout(*timeout, decider.decide(question)).await {
-            Ok(DeciderAnswer::Allow) => consult.allow(),
-            Ok(DeciderAnswer::Deny(reason)) => consult.deny(reason),
-            Err(_) => consult.deny("decider_timeout"),
+    /// Registers a live exchange, revoked at once when the policy moved since its snapshot and
+    /// no longer allows it.
+    pub(crate) fn register(&self, facts: Facts, admitted_in: u64) -> Arc<LeaseState> {
+        let id = self.inner.next_lease.fetch_add(1, Ordering::Relaxed);
+        let state = Arc::new(LeaseState::new(id, facts));
+        self.inner.leases.lock().unwrap_or_else(PoisonError::into_inner).insert(id, state.clone());
+        // A change between the admission's snapshot and the registration has swept the
+        // registry without this lease: check it against the snapshot in force now.
+        let now = self.snapshot();
+        if now.generation != admitted_in
+            && let Some(reason) = state.facts.recheck(&now, &self.inner.dialer.own_listeners())
+        {
+            state.revoke(reason);
         }
+        state
     }
 
-    /// Step 7 on the current policy.
-    pub async fn resolve_checked(&self, target: &Target) -> Result<Checked, DialError> {
-        let policy = self.policy();
-        self.inner.dialer.resolve_checked(&policy, target).await
+    pub(crate) fn unregister(&self, id: u64) {
+        self.inner.leases.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
     }
 
-    /// Steps 7 and 8 on the current policy.
-    pub async fn dial(&self, target: &Target) -> Result<Connected, DialError> {
-        let policy = self.policy();
-        self.inner.dialer.dial(&policy, target).await
+    /// Live exchanges (for tests and metrics).
+    pub fn live_exchanges(&self) -> usize {
+        self.inner.leases.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 
-    /// Logs one decision event and hands it to the sinks (SPEC §10).
-    pub fn record(&self, event: Event) {
+    /// Logs one decision event and hands it to the sinks (SPEC §10). Only the admission path
+    /// calls this.
+    pub(crate) fn record(&self, event: Event) {
         let method = event.method.as_deref().unwrap_or("-");
         let client = event.client.map(|c| c.to_string()).unwrap_or_default();
         let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
@@ -255,25 +262,9 @@ impl Engine {
         }
     }
 
-    /// Reports the bytes a finished tunnel relayed.
-    pub fn record_tunnel_bytes(&self, protocol: Protocol, up: u64, down: u64) {
+    pub(crate) fn record_tunnel_bytes(&self, protocol: Protocol, up: u64, down: u64) {
         for sink in &self.inner.sinks {
             sink.tunnel_bytes(protocol.as_str(), up, down);
-        }
-    }
-
-    /// Builds an event for `attempt` with the current mode.
-    pub fn event(&self, attempt: &Attempt<'_>, outcome: Outcome) -> Event {
-        Event {
-            protocol: attempt.protocol,
-            client: attempt.client,
-            host: attempt.target.host.to_string(),
-            port: attempt.target.port,
-            method: attempt.method.map(str::to_owned),
-            mode: self.mode(),
-            outcome,
-            dns_time: None,
-            connect_time: None,
         }
     }
 }
@@ -285,6 +276,7 @@ pub struct EngineBuilder {
     dialer: Dialer,
     decider: Option<(Arc<dyn Decider>, Duration)>,
     sinks: Vec<Arc<dyn EventSink>>,
+    lifecycle: Lifecycle,
 }
 
 impl EngineBuilder {
@@ -293,21 +285,30 @@ impl EngineBuilder {
         self
     }
 
+    /// Receives every decision event. Build the sink first: the engine never changes sinks.
     pub fn sink(mut self, sink: Arc<dyn EventSink>) -> EngineBuilder {
         self.sinks.push(sink);
         self
     }
 
+    /// The lifecycle whose end closes every live exchange (a fresh one by default).
+    pub fn lifecycle(mut self, lifecycle: Lifecycle) -> EngineBuilder {
+        self.lifecycle = lifecycle;
+        self
+    }
+
     pub fn build(self) -> Engine {
+        let snapshot = Snapshot { policy: Arc::new(self.policy), mode: self.mode, generation: 0 };
         Engine {
             inner: Arc::new(Inner {
-                policy: RwLock::new(Arc::new(self.policy)),
-                mode: watch::Sender::new(self.mode),
-                limited_epoch: watch::Sender::new(0),
-                closing: watch::Sender::new(false),
+                snapshot: RwLock::new(Arc::new(snapshot)),
+                changing: Mutex::new(()),
                 dialer: self.dialer,
                 decider: self.decider,
                 sinks: self.sinks,
+                lifecycle: self.lifecycle,
+                leases: Mutex::new(HashMap::new()),
+                next_lease: AtomicU64::new(1),
             }),
         }
     }

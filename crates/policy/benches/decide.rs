@@ -25,6 +25,7 @@ fn policy(n: usize) -> Policy {
         denied: PatternSet::compile(&denied, ListKind::Denied).expect("denylist"),
         allow_local_binding: false,
         enabled: true,
+        unix_sockets: Vec::new(),
     }
 }
 

@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 
 use crate::local::is_local;
 use crate::pattern_set::{MatchKind, PatternSet};
@@ -145,6 +146,9 @@ pub enum Reason {
     /// The TLS server name (SNI) inside an inspected tunnel differs from the `CONNECT` host,
     /// or is missing for a named host.
     SniMismatch,
+    /// A Unix socket entry no longer names the socket that was there when the policy was
+    /// loaded (replaced, or a path component turned into a symlink).
+    UnixSocketChanged,
     /// A deny from the policy decider, with its own reason.
     Decider(Box<str>),
 }
@@ -160,35 +164,8 @@ impl Reason {
             Reason::MethodNotAllowed => "method_not_allowed",
             Reason::SelfConnection => "self_connection",
             Reason::SniMismatch => "sni_mismatch",
+            Reason::UnixSocketChanged => "unix_socket_changed",
             Reason::Decider(reason) => reason,
-        }
-    }
-
-    /// The `x-proxy-error` header value; `None` when the block is not a policy decision.
-    pub fn x_proxy_error(&self) -> Option<&'static str> {
-        match self {
-            Reason::ProxyDisabled => None,
-            Reason::Denied => Some("blocked-by-denylist"),
-            Reason::NotAllowed | Reason::NotAllowedLocal => Some("blocked-by-allowlist"),
-            Reason::MethodNotAllowed => Some("blocked-by-method-policy"),
-            Reason::SelfConnection | Reason::SniMismatch | Reason::Decider(_) => {
-                Some("blocked-by-policy")
-            }
-        }
-    }
-
-    pub fn http_status(&self) -> u16 {
-        match self {
-            Reason::ProxyDisabled => 503,
-            _ => 403,
-        }
-    }
-
-    /// The SOCKS5 reply code (RFC 1928 §6): 0x01 general failure, 0x02 not allowed by ruleset.
-    pub fn socks_reply(&self) -> u8 {
-        match self {
-            Reason::ProxyDisabled => 0x01,
-            _ => 0x02,
         }
     }
 
@@ -202,6 +179,9 @@ impl Reason {
             Reason::MethodNotAllowed => "Method not allowed in limited mode.",
             Reason::SelfConnection => "Connections to the proxy itself are refused.",
             Reason::SniMismatch => "TLS server name does not match the CONNECT host.",
+            Reason::UnixSocketChanged => {
+                "The Unix socket changed since the policy was loaded; reload to allow the new one."
+            }
             Reason::Decider(_) => "Blocked by the policy decider.",
         }
     }
@@ -271,12 +251,34 @@ impl Consult {
 }
 
 /// A compiled policy: the lists and the switches that are fixed per config.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Policy {
     pub allowed: PatternSet,
     pub denied: PatternSet,
     pub allow_local_binding: bool,
     pub enabled: bool,
+    /// `allow_unix_sockets`, each pinned to the socket that was there at load (SPEC §7.7).
+    pub unix_sockets: Vec<UnixSocketRule>,
+}
+
+/// Which file a path named when the policy was loaded (device and inode numbers); this crate
+/// touches no files, so the config loader fills it in and the egress path compares it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// One `allow_unix_sockets` entry, canonicalised once at load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnixSocketRule {
+    /// The path as configured.
+    pub configured: PathBuf,
+    /// The path with every symlink resolved at load: the only path ever connected to.
+    pub canonical: PathBuf,
+    /// The socket found there at load; `None` when nothing was there, and then the entry
+    /// refuses every request until a reload finds one.
+    pub socket: Option<FileId>,
 }
 
 impl Policy {
@@ -309,27 +311,40 @@ impl Policy {
         Verdict::Decided(Consult { method_block }.allow())
     }
 
-    /// A request for a Unix socket (SPEC §7.7). The caller has matched the canonicalised path
-    /// against `allow_unix_sockets` (this crate touches no files); the method policy of
-    /// limited mode applies as for any request.
+    /// A request for a Unix socket (SPEC §7.7): `requested` must be absolute and name an
+    /// `allow_unix_sockets` entry exactly, as configured or in its canonical form (no lookup
+    /// happens here or later: the entry's canonical path is what gets connected to). The
+    /// method policy of limited mode applies as for any request. Returns the rule that allowed
+    /// it.
     pub fn decide_unix_socket(
         &self,
-        path_allowed: bool,
+        requested: &str,
         method: &str,
         mode: Mode,
         side_doors: SideDoors,
-    ) -> Decision {
+    ) -> (Decision, Option<&UnixSocketRule>) {
         if !self.enabled {
-            Decision::Block(Reason::ProxyDisabled)
-        } else if !path_allowed {
-            Decision::Block(Reason::NotAllowed)
-        } else if mode == Mode::Limited
+            return (Decision::Block(Reason::ProxyDisabled), None);
+        }
+        let requested = Path::new(requested);
+        let rule = self.unix_sockets.iter().find(|rule| {
+            requested.is_absolute() && (rule.configured == requested || rule.canonical == requested)
+        });
+        let Some(rule) = rule else { return (Decision::Block(Reason::NotAllowed), None) };
+        if rule.socket.is_none() {
+            return (Decision::Block(Reason::UnixSocketChanged), None);
+        }
+        if mode == Mode::Limited
             && method_blocked(Protocol::UnixSocket, Some(method), side_doors, false)
         {
-            Decision::Block(Reason::MethodNotAllowed)
-        } else {
-            Decision::Allow
+            return (Decision::Block(Reason::MethodNotAllowed), None);
         }
+        (Decision::Allow, Some(rule))
+    }
+
+    /// Whether `rule` (from an older snapshot) is still allowed, for the same socket.
+    pub fn still_allows_unix_socket(&self, rule: &UnixSocketRule) -> bool {
+        self.enabled && self.unix_sockets.iter().any(|r| r == rule)
     }
 
     /// Step 7 of SPEC §6 and the dialling rules of §7.1, on the addresses about to be dialled

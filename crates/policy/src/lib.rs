@@ -19,7 +19,8 @@ pub mod pattern_set;
 pub mod target;
 
 pub use decision::{
-    Consult, Decision, Mode, Policy, Protocol, Reason, Request, SideDoors, Verdict,
+    Consult, Decision, FileId, Mode, Policy, Protocol, Reason, Request, SideDoors, UnixSocketRule,
+    Verdict,
 };
 pub use local::is_local;
 pub use pattern::{ListKind, Pattern, PatternError, PatternErrorKind, Subtree};

@@ -1,12 +1,28 @@
-//! Why a SOCKS5 handshake failed, and the reply each failure gets (RFC 1928 §6, SPEC §6.1).
-//!
-//! Only the client's faults live here: a policy block is a `Decision` and an upstream failure
-//! a `DialError`, both data that carry their own reply codes.
+//! Why a SOCKS5 handshake failed, and the reply each failure gets (RFC 1928 §6, SPEC §6.1):
+//! the client's faults ([`Socks5Error`]) and the admission path's refusals
+//! ([`refusal_reply`]). Wire presentation lives here, not in `policy` or `net`.
 
 use std::io;
 
 use fast_socks5::consts;
-use proxyd_policy::TargetError;
+use proxyd_net::{Failure, Refusal};
+use proxyd_policy::{Reason, TargetError};
+
+/// The reply code for a refusal (RFC 1928 §6): 0x02 for every policy block (0x01 when the
+/// proxy is disabled), 0x04 host unreachable, 0x05 connection refused, 0x06 TTL expired (the
+/// conventional answer to a connect timeout), 0x01 for anything else.
+pub(crate) fn refusal_reply(refusal: &Refusal) -> u8 {
+    match refusal {
+        Refusal::Blocked { reason: Reason::ProxyDisabled, .. } => consts::SOCKS5_REPLY_GENERAL_FAILURE,
+        Refusal::Blocked { .. } => consts::SOCKS5_REPLY_CONNECTION_NOT_ALLOWED,
+        Refusal::Failed { failure, .. } => match failure {
+            Failure::DnsFailed | Failure::ConnectUnreachable => consts::SOCKS5_REPLY_HOST_UNREACHABLE,
+            Failure::ConnectRefused => consts::SOCKS5_REPLY_CONNECTION_REFUSED,
+            Failure::ConnectTimeout => consts::SOCKS5_REPLY_TTL_EXPIRED,
+            _ => consts::SOCKS5_REPLY_GENERAL_FAILURE,
+        },
+    }
+}
 
 /// A failed greeting or request. The variants say what the client did wrong; `Display` is
 /// for logs only and is never sent (a SOCKS5 reply is a code, not a text).
@@ -67,6 +83,25 @@ mod tests {
         let text = error.to_string();
         assert_eq!(text, text.to_lowercase());
         assert!(!text.ends_with('.'), "{text}");
+    }
+
+    #[test]
+    fn refusal_replies() {
+        use proxyd_policy::Mode;
+        let blocked = |reason| refusal_reply(&Refusal::Blocked { reason, mode: Mode::Full });
+        let failed = |failure| refusal_reply(&Refusal::Failed { failure, mode: Mode::Full });
+        assert_eq!(blocked(Reason::Denied), 0x02);
+        assert_eq!(blocked(Reason::NotAllowed), 0x02);
+        assert_eq!(blocked(Reason::NotAllowedLocal), 0x02);
+        assert_eq!(blocked(Reason::MethodNotAllowed), 0x02);
+        assert_eq!(blocked(Reason::SelfConnection), 0x02);
+        assert_eq!(blocked(Reason::Decider("x".into())), 0x02);
+        assert_eq!(blocked(Reason::ProxyDisabled), 0x01);
+        assert_eq!(failed(Failure::DnsFailed), 0x04);
+        assert_eq!(failed(Failure::ConnectUnreachable), 0x04);
+        assert_eq!(failed(Failure::ConnectRefused), 0x05);
+        assert_eq!(failed(Failure::ConnectTimeout), 0x06);
+        assert_eq!(failed(Failure::UdpRelay), 0x01);
     }
 
     #[test]

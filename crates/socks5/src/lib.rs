@@ -6,16 +6,16 @@
 //!   dispatch on the command, graceful shutdown;
 //! - `wire`: method negotiation (fast-socks5's protocol-level `Socks5ServerProtocol`), the
 //!   request reader and the reply writer (RFC 1928 §4–6, written here for exact reply codes);
-//! - `connect`: `CONNECT`: decide, dial, reply with the real bound address, splice;
+//! - `connect`: `CONNECT`: admit and dial, reply with the real bound address, relay;
 //! - `udp`: `UDP ASSOCIATE`: the relay loop of one association (RFC 1928 §7);
 //! - `udp_state`: what an association remembers: its client, its per-target decisions and
 //!   the peers it sent to;
 //! - `error`: `Socks5Error`, the client's faults, and the reply code of each.
 //!
 //! It must not decide policy or dial by itself: every destination goes through
-//! `proxyd_policy::Target`'s parser and [`proxyd_net::Engine`], every TCP connection through the
-//! `proxyd_net` dialler, and every datagram only to addresses `Engine::resolve_checked`
-//! returned. It never uses fast-socks5's high-level server, which resolves and dials by
+//! `proxyd_policy::Target`'s parser and [`proxyd_net::Engine::admit`], every TCP connection
+//! through the admission it returns, and every datagram through `proxyd_net::Association`,
+//! which sends only along admitted routes. It never uses fast-socks5's high-level server, which resolves and dials by
 //! itself. It installs no global state.
 //!
 //! # Decisions
@@ -30,8 +30,8 @@
 //! - **UDP**: the relay binds to the IP the client reached the listener on; only the TCP
 //!   peer's IP may send, from the port named in the request or, when that is 0, from the port
 //!   of its first datagram. Decisions (allowed, blocked or failed) are cached per target for
-//!   5 s (`UDP_DECISION_TTL`), so each is recorded once per period rather than once per
-//!   datagram, and a name keeps the one checked address it was pinned to.
+//!   5 s (`UDP_DECISION_TTL`) within one generation of policy and mode: every reload and mode
+//!   switch ends them all at once, and a switch to limited ends the association.
 
 mod connect;
 mod error;
@@ -51,8 +51,6 @@ pub struct Settings {
     pub handshake_timeout: Duration,
     /// Ends a tunnel, or a UDP association, after this long without traffic either way.
     pub idle_timeout: Duration,
-    /// How long a shutdown waits for open connections before closing them.
-    pub drain_timeout: Duration,
     pub max_connections: usize,
     /// Whether `UDP ASSOCIATE` is served (`enable_socks5_udp`); off, it is answered 0x07.
     pub enable_udp: bool,

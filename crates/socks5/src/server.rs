@@ -5,9 +5,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use fast_socks5::consts;
-use proxyd_net::{Connections, Engine, accept_loop, drain};
+use proxyd_lifecycle::accept_loop;
+use proxyd_net::{Connections, Engine};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use tokio::time::{Instant, timeout_at};
 
 use crate::error::Socks5Error;
@@ -52,27 +52,21 @@ impl Socks5Proxy {
         self.shared.tunnels.clone()
     }
 
-    /// Serves until `shutdown` turns true, then stops accepting, lets handshakes, tunnels and
-    /// UDP associations go on for up to `drain_timeout`, and closes what is left (SPEC §7.5).
-    pub async fn serve(&self, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
-        let connections = self.shared.connections.clone();
+    /// Serves until the lifecycle stops; connections, tunnels and UDP associations are then
+    /// drained and closed by the lifecycle's one shutdown (SPEC §7.5).
+    pub async fn serve(&self, listener: TcpListener) {
         let shared = self.shared.clone();
         let handler = move |stream: TcpStream, peer: SocketAddr| {
             serve_connection(shared.clone(), stream, peer)
         };
-        let stopping = async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        };
         accept_loop(
             listener,
             self.shared.settings.max_connections,
-            connections.clone(),
-            stopping,
+            self.shared.engine.lifecycle(),
+            self.shared.connections.clone(),
             handler,
         )
         .await;
-        drain(&[&connections], self.shared.settings.drain_timeout).await;
-        self.shared.engine.close_tunnels();
     }
 }
 

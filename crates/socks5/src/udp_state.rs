@@ -7,11 +7,12 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use proxyd_net::UdpRoute;
 use proxyd_policy::Target;
 
-/// How long a verdict for one target is reused within an association. Short, so a policy
-/// reload reaches open associations quickly, and long enough that a chatty client (DNS, QUIC)
-/// is not decided, resolved and recorded once per datagram.
+/// How long a verdict for one target is reused within an association, so a name is resolved
+/// again now and then, and a chatty client (DNS, QUIC) is not decided, resolved and recorded
+/// once per datagram. A reload or a mode switch ends every verdict at once (generations).
 pub(crate) const UDP_DECISION_TTL: Duration = Duration::from_secs(5);
 
 /// Bounds on the per-association tables, so a client cannot grow them without limit.
@@ -58,36 +59,40 @@ impl Client {
 /// What to do with datagrams for one target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Verdict {
-    /// Allowed: send to this checked address (a name stays pinned to it).
-    Send(SocketAddr),
+    /// Allowed: send along this route (a name stays pinned to its checked address).
+    Send(UdpRoute),
     /// Blocked, or the name did not resolve: drop.
     Drop,
 }
 
-/// Verdicts per target, each valid for [`UDP_DECISION_TTL`].
+/// Verdicts per target, each valid for [`UDP_DECISION_TTL`] within the policy and mode
+/// generation it was made in.
 #[derive(Debug, Default)]
 pub(crate) struct Decisions {
-    map: HashMap<Target, (Verdict, Instant)>,
+    map: HashMap<Target, (Verdict, Instant, u64)>,
 }
 
 impl Decisions {
-    pub(crate) fn get(&self, target: &Target, now: Instant) -> Option<Verdict> {
+    pub(crate) fn get(&self, target: &Target, now: Instant, generation: u64) -> Option<Verdict> {
         self.map
             .get(target)
-            .filter(|(_, decided)| now.saturating_duration_since(*decided) < UDP_DECISION_TTL)
-            .map(|(verdict, _)| *verdict)
+            .filter(|(_, decided, made_in)| {
+                *made_in == generation
+                    && now.saturating_duration_since(*decided) < UDP_DECISION_TTL
+            })
+            .map(|(verdict, _, _)| *verdict)
     }
 
-    pub(crate) fn insert(&mut self, target: Target, verdict: Verdict, now: Instant) {
+    pub(crate) fn insert(&mut self, target: Target, verdict: Verdict, now: Instant, generation: u64) {
         if self.map.len() >= MAX_DECISIONS && !self.map.contains_key(&target) {
-            self.map.retain(|_, (_, decided)| {
-                now.saturating_duration_since(*decided) < UDP_DECISION_TTL
+            self.map.retain(|_, (_, decided, made_in)| {
+                *made_in == generation && now.saturating_duration_since(*decided) < UDP_DECISION_TTL
             });
             if self.map.len() >= MAX_DECISIONS {
                 self.map.clear();
             }
         }
-        self.map.insert(target, (verdict, now));
+        self.map.insert(target, (verdict, now, generation));
     }
 }
 
@@ -161,10 +166,20 @@ mod tests {
         let target = Target::parse_authority("a.test:53", None).unwrap();
         let start = Instant::now();
         let mut decisions = Decisions::default();
-        assert_eq!(decisions.get(&target, start), None);
-        decisions.insert(target.clone(), Verdict::Drop, start);
-        assert_eq!(decisions.get(&target, start + UDP_DECISION_TTL / 2), Some(Verdict::Drop));
-        assert_eq!(decisions.get(&target, start + UDP_DECISION_TTL), None);
+        assert_eq!(decisions.get(&target, start, 0), None);
+        decisions.insert(target.clone(), Verdict::Drop, start, 0);
+        assert_eq!(decisions.get(&target, start + UDP_DECISION_TTL / 2, 0), Some(Verdict::Drop));
+        assert_eq!(decisions.get(&target, start + UDP_DECISION_TTL, 0), None);
+    }
+
+    #[test]
+    fn a_new_generation_ends_every_decision() {
+        let target = Target::parse_authority("a.test:53", None).unwrap();
+        let start = Instant::now();
+        let mut decisions = Decisions::default();
+        decisions.insert(target.clone(), Verdict::Drop, start, 3);
+        assert_eq!(decisions.get(&target, start, 3), Some(Verdict::Drop));
+        assert_eq!(decisions.get(&target, start, 4), None);
     }
 
     #[test]
@@ -173,7 +188,7 @@ mod tests {
         let mut decisions = Decisions::default();
         for port in 1..=(MAX_DECISIONS as u16 * 3) {
             let target = Target::parse_authority(&format!("a.test:{port}"), None).unwrap();
-            decisions.insert(target, Verdict::Drop, start);
+            decisions.insert(target, Verdict::Drop, start, 0);
             assert!(decisions.map.len() <= MAX_DECISIONS);
         }
     }

@@ -17,7 +17,6 @@ use proxyd_test_support::{ResponseHead, TIMEOUT, connect, raw_request, read_resp
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
@@ -115,7 +114,8 @@ impl Control for Fake {
 struct Server {
     addr: SocketAddr,
     fake: Arc<Fake>,
-    stop: watch::Sender<bool>,
+    stop: proxyd_lifecycle::Lifecycle,
+    drain_timeout: Duration,
     task: Option<JoinHandle<()>>,
 }
 
@@ -134,14 +134,14 @@ impl Server {
         let fake = Arc::new(fake);
         let settings = Settings {
             header_read_timeout,
-            drain_timeout: header_read_timeout,
             token: token.map(str::to_owned),
             max_connections: 16,
         };
         let server = AdminServer::new(fake.clone(), settings);
-        let (stop, stopping) = watch::channel(false);
-        let task = tokio::spawn(server.serve(listener, stopping));
-        Ok(Server { addr, fake, stop, task: Some(task) })
+        let stop = proxyd_lifecycle::Lifecycle::new();
+        let lifecycle = stop.clone();
+        let task = tokio::spawn(async move { server.serve(listener, &lifecycle).await });
+        Ok(Server { addr, fake, stop, drain_timeout: header_read_timeout, task: Some(task) })
     }
 
     fn host(&self) -> String {
@@ -195,7 +195,8 @@ impl Server {
 
     /// Signals shutdown and waits (bounded) for `serve` to return.
     async fn stop(&mut self) -> anyhow::Result<()> {
-        self.stop.send_replace(true);
+        let (lifecycle, drain_timeout) = (self.stop.clone(), self.drain_timeout);
+        tokio::spawn(async move { lifecycle.shutdown(drain_timeout).await });
         let task = self.task.take().context("already stopped")?;
         timeout(TIMEOUT, task).await.context("serve did not return after shutdown")??;
         Ok(())

@@ -18,12 +18,11 @@ use anyhow::{Context as _, bail, ensure};
 use proxyd_http_proxy::{
     CaScope, HttpProxy, InterceptCa, Settings, UpstreamProxies, client_config,
 };
-use proxyd_net::{Decider, Dialer, Engine, Event, EventSink, Outcome, StaticResolver};
-use proxyd_policy::{ListKind, Mode, PatternSet, Policy, Protocol};
+use proxyd_net::{Decider, Dialer, Engine, Event, EventSink, Lifecycle, Outcome, StaticResolver};
+use proxyd_policy::{ListKind, Mode, PatternSet, Policy, Protocol, UnixSocketRule};
 use proxyd_test_support::{ResponseHead, connect};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{Instant, timeout, timeout_at};
 
@@ -176,12 +175,16 @@ impl Builder {
             denied: compile(&self.denied, ListKind::Denied)?,
             allow_local_binding: self.allow_local_binding,
             enabled: self.enabled,
+            unix_sockets: self.unix_sockets.iter().map(|path| pin_unix_socket(path)).collect(),
         };
         let scope = CaScope::from_patterns(policy.allowed.patterns());
         let resolver = Arc::new(self.resolver);
         let dialer = Dialer::new(resolver.clone(), Duration::from_secs(2), Duration::from_secs(2));
         let events = Arc::new(Events::default());
-        let mut engine = Engine::builder(policy, self.mode, dialer.clone()).sink(events.clone());
+        let lifecycle = Lifecycle::new();
+        let mut engine = Engine::builder(policy, self.mode, dialer.clone())
+            .sink(events.clone())
+            .lifecycle(lifecycle.clone());
         if let Some(decider) = self.decider {
             engine = engine.decider(decider, Duration::from_secs(5));
         }
@@ -208,17 +211,15 @@ impl Builder {
         let settings = Settings {
             header_read_timeout: self.header_read_timeout,
             idle_timeout: self.idle_timeout,
-            drain_timeout: self.drain_timeout,
             max_connections: self.max_connections,
             tls: Arc::new(tls),
             upstream,
-            unix_sockets: self.unix_sockets,
             mitm: ca.clone(),
         };
         let server = HttpProxy::new(engine.clone(), settings);
-        let (shutdown, stop) = watch::channel(false);
-        let serve = tokio::spawn(async move { server.serve(listener, stop).await });
-        Ok(Proxy { addr, engine, resolver, ca, events, shutdown, serve })
+        let serve = tokio::spawn(async move { server.serve(listener).await });
+        let drain_timeout = self.drain_timeout;
+        Ok(Proxy { addr, engine, resolver, ca, events, lifecycle, drain_timeout, serve })
     }
 }
 
@@ -230,7 +231,8 @@ pub(crate) struct Proxy {
     /// The interception CA, with [`Builder::mitm`].
     pub(crate) ca: Option<Arc<InterceptCa>>,
     events: Arc<Events>,
-    shutdown: watch::Sender<bool>,
+    lifecycle: Lifecycle,
+    drain_timeout: Duration,
     serve: JoinHandle<()>,
 }
 
@@ -255,9 +257,10 @@ impl Proxy {
         self.events().into_iter().map(|e| (e.protocol, e.outcome)).collect()
     }
 
-    /// Asks the listener to stop (graceful shutdown).
+    /// Starts the lifecycle's one shutdown: stop accepting, drain under `drain_timeout`, close.
     pub(crate) fn shutdown(&self) {
-        self.shutdown.send_replace(true);
+        let (lifecycle, drain_timeout) = (self.lifecycle.clone(), self.drain_timeout);
+        tokio::spawn(async move { lifecycle.shutdown(drain_timeout).await });
     }
 
     /// Waits for `serve()` to return.
@@ -600,4 +603,15 @@ impl Drop for RawOrigin {
 pub(crate) async fn refused_port() -> anyhow::Result<u16> {
     let listener = TcpListener::bind((LOOPBACK, 0)).await.context("bind")?;
     Ok(listener.local_addr().context("address")?.port())
+}
+
+/// An `allow_unix_sockets` entry pinned like the config loader does: canonical path and the
+/// socket's device and inode.
+fn pin_unix_socket(path: &std::path::Path) -> UnixSocketRule {
+    use std::os::unix::fs::MetadataExt as _;
+    let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let socket = std::fs::metadata(&canonical)
+        .ok()
+        .map(|meta| proxyd_policy::FileId { dev: meta.dev(), ino: meta.ino() });
+    UnixSocketRule { configured: path.to_path_buf(), canonical, socket }
 }

@@ -3,10 +3,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use proxyd_net::{Connections, accept_loop};
+use proxyd_lifecycle::{Lifecycle, accept_loop};
+use proxyd_net::Connections;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::support::{V4, bounded, connect, listener};
@@ -16,7 +17,7 @@ struct Server {
     connections: Connections,
     /// The peer address of every connection a handler started on.
     started: mpsc::UnboundedReceiver<SocketAddr>,
-    shutdown: oneshot::Sender<()>,
+    lifecycle: Lifecycle,
     accepting: JoinHandle<()>,
 }
 
@@ -26,24 +27,22 @@ async fn server(max_connections: usize) -> anyhow::Result<Server> {
     let addr = listener.local_addr()?;
     let connections = Connections::new();
     let (started_tx, started) = mpsc::unbounded_channel();
-    let (shutdown, shutdown_rx) = oneshot::channel::<()>();
-    let accepting = tokio::spawn(accept_loop(
-        listener,
-        max_connections,
-        connections.clone(),
+    let lifecycle = Lifecycle::new();
+    let accepting = tokio::spawn({
+        let (lifecycle, connections) = (lifecycle.clone(), connections.clone());
         async move {
-            let _ = shutdown_rx.await;
-        },
-        move |mut stream: TcpStream, peer| {
+            accept_loop(listener, max_connections, &lifecycle, connections, move |mut stream: TcpStream, peer| {
             let started_tx = started_tx.clone();
             async move {
                 let _ = started_tx.send(peer);
                 let (mut reader, mut writer) = stream.split();
                 let _ = tokio::io::copy(&mut reader, &mut writer).await;
             }
-        },
-    ));
-    Ok(Server { addr, connections, started, shutdown, accepting })
+        })
+            .await;
+        }
+    });
+    Ok(Server { addr, connections, started, lifecycle, accepting })
 }
 
 /// Proves the connection is served: one byte makes the round trip.
@@ -96,7 +95,9 @@ async fn shutdown_stops_accepting_and_wait_idle_waits_for_handlers() -> anyhow::
     let mut client = bounded(connect(server.addr)).await??;
     bounded(server.started.recv()).await?;
 
-    server.shutdown.send(()).ok();
+    // Stopping, as the first step of the lifecycle's shutdown does.
+    let lifecycle = server.lifecycle.clone();
+    tokio::spawn(async move { lifecycle.shutdown(Duration::from_secs(30)).await });
     bounded(server.accepting).await??;
     // The listener is gone: new clients are refused.
     let refused = bounded(connect(server.addr)).await?;
@@ -122,19 +123,20 @@ async fn a_panicking_handler_releases_its_permit_and_its_count() -> anyhow::Resu
     let addr = listener.local_addr()?;
     let connections = Connections::new();
     let (served_tx, mut served) = mpsc::unbounded_channel::<()>();
-    let accepting = tokio::spawn(accept_loop(
-        listener,
-        1,
-        connections.clone(),
-        std::future::pending(),
-        move |_stream, _peer| {
-            let served_tx = served_tx.clone();
-            async move {
-                let _ = served_tx.send(());
-                panic!("test panic in a handler");
-            }
-        },
-    ));
+    let accepting = tokio::spawn({
+        let connections = connections.clone();
+        async move {
+            let lifecycle = Lifecycle::new();
+            accept_loop(listener, 1, &lifecycle, connections, move |_stream, _peer| {
+                let served_tx = served_tx.clone();
+                async move {
+                    let _ = served_tx.send(());
+                    panic!("test panic in a handler");
+                }
+            })
+            .await;
+        }
+    });
     // With a limit of 1, a later connection is served only if the panicked handler's permit
     // was released.
     for _ in 0..4 {

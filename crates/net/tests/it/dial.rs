@@ -6,7 +6,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use proxyd_net::{BoxFuture, DialError, Dialer, Resolver, StaticResolver};
+use proxyd_net::{
+    Attempt, BoxFuture, Checked, Connected, Dialer, Engine, Failure, Refusal, Resolver,
+    StaticResolver,
+};
+use proxyd_policy::{Mode, Policy, Protocol};
 use proxyd_policy::{Host, Reason, Target};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -34,7 +38,7 @@ async fn an_allowed_name_is_dialled_at_its_checked_address() -> anyhow::Result<(
     let dialer = dialer(&resolver);
 
     let mut connected =
-        bounded(dialer.dial(&policy(&["x.test"], true), &name("x.test", addr.port()))).await??;
+        bounded(dial(&dialer, &policy(&["x.test"], true), &name("x.test", addr.port()))).await??;
     assert_eq!(connected.peer, addr);
     assert!(connected.stream.nodelay()?);
     assert_eq!(resolver.lookups("x.test"), 1);
@@ -51,11 +55,11 @@ async fn an_allowed_name_is_dialled_at_its_checked_address() -> anyhow::Result<(
 async fn resolve_checked_returns_every_answer_with_the_port() -> anyhow::Result<()> {
     let resolver = Arc::new(StaticResolver::new().with("x.test", [V4, V6, V4]));
     let checked = bounded(
-        dialer(&resolver).resolve_checked(&policy(&["x.test"], true), &name("x.test", 8080)),
+        resolve_checked(&dialer(&resolver), &policy(&["x.test"], true), &name("x.test", 8080)),
     )
     .await??;
-    assert_eq!(checked.addrs, [SocketAddr::new(V4, 8080), SocketAddr::new(V6, 8080)]);
-    assert_eq!(checked.target, name("x.test", 8080));
+    assert_eq!(checked.addrs(), [SocketAddr::new(V4, 8080), SocketAddr::new(V6, 8080)]);
+    assert_eq!(*checked.target(), name("x.test", 8080));
     Ok(())
 }
 
@@ -64,10 +68,10 @@ async fn a_name_resolving_to_loopback_is_blocked_without_local_binding() -> anyh
     let canary = Canary::new(V4)?;
     let resolver = Arc::new(StaticResolver::new().with("x.test", [V4]));
     let result = bounded(
-        dialer(&resolver).dial(&policy(&["x.test"], false), &name("x.test", canary.addr()?.port())),
+        dial(&dialer(&resolver), &policy(&["x.test"], false), &name("x.test", canary.addr()?.port())),
     )
     .await?;
-    assert_eq!(result.err(), Some(DialError::Blocked(Reason::NotAllowedLocal)));
+    assert_eq!(result.err(), Some(blocked(Reason::NotAllowedLocal)));
     assert_eq!(canary.accepts(), 0);
     Ok(())
 }
@@ -78,10 +82,10 @@ async fn one_local_answer_among_public_ones_blocks_the_whole_name() -> anyhow::R
     let resolver = Arc::new(StaticResolver::new().with("x.test", [public, V4]));
     // `resolve_checked` only: nothing here may dial outside loopback.
     let result = bounded(
-        dialer(&resolver).resolve_checked(&policy(&["x.test"], false), &name("x.test", 443)),
+        resolve_checked(&dialer(&resolver), &policy(&["x.test"], false), &name("x.test", 443)),
     )
     .await?;
-    assert_eq!(result.err(), Some(DialError::Blocked(Reason::NotAllowedLocal)));
+    assert_eq!(result.err(), Some(blocked(Reason::NotAllowedLocal)));
     Ok(())
 }
 
@@ -91,7 +95,7 @@ async fn localhost_never_reaches_the_resolver() -> anyhow::Result<()> {
     let port = upstream.local_addr()?.port();
     let resolver = Arc::new(StaticResolver::new());
     let connected =
-        bounded(dialer(&resolver).dial(&policy(&["localhost"], false), &name("localhost", port)))
+        bounded(dial(&dialer(&resolver), &policy(&["localhost"], false), &name("localhost", port)))
             .await??;
     assert_eq!(connected.peer, SocketAddr::new(V4, port));
     assert_eq!(resolver.total_lookups(), 0);
@@ -104,10 +108,10 @@ async fn an_ip_literal_never_reaches_the_resolver() -> anyhow::Result<()> {
     let addr = upstream.local_addr()?;
     let resolver = Arc::new(StaticResolver::new());
     let connected =
-        bounded(dialer(&resolver).dial(&policy(&["127.0.0.1"], false), &literal(V4, addr.port())))
+        bounded(dial(&dialer(&resolver), &policy(&["127.0.0.1"], false), &literal(V4, addr.port())))
             .await??;
     assert_eq!(connected.peer, addr);
-    assert_eq!(connected.dns_time, Duration::ZERO);
+    
     assert_eq!(resolver.total_lookups(), 0);
     Ok(())
 }
@@ -117,10 +121,10 @@ async fn an_unknown_name_or_an_empty_answer_is_dns_failed() -> anyhow::Result<()
     let resolver = Arc::new(StaticResolver::new().with("empty.test", []));
     let dialer = dialer(&resolver);
     let policy = policy(&["nx.test", "empty.test"], true);
-    let unknown = bounded(dialer.dial(&policy, &name("nx.test", 80))).await?;
-    assert_eq!(unknown.err(), Some(DialError::DnsFailed));
-    let empty = bounded(dialer.dial(&policy, &name("empty.test", 80))).await?;
-    assert_eq!(empty.err(), Some(DialError::DnsFailed));
+    let unknown = bounded(dial(&dialer, &policy, &name("nx.test", 80))).await?;
+    assert_eq!(unknown.err(), Some(failed(Failure::DnsFailed)));
+    let empty = bounded(dial(&dialer, &policy, &name("empty.test", 80))).await?;
+    assert_eq!(empty.err(), Some(failed(Failure::DnsFailed)));
     assert_eq!(resolver.lookups("nx.test"), 1);
     assert_eq!(resolver.lookups("empty.test"), 1);
     Ok(())
@@ -139,9 +143,9 @@ impl Resolver for Silent {
 async fn a_slow_resolver_is_dns_timeout() -> anyhow::Result<()> {
     let dns_timeout = Duration::from_millis(100);
     let dialer = Dialer::new(Arc::new(Silent), dns_timeout, BOUND);
-    let result = bounded(dialer.dial(&policy(&["x.test"], true), &name("x.test", 80))).await?;
+    let result = bounded(dial(&dialer, &policy(&["x.test"], true), &name("x.test", 80))).await?;
     let error = result.err();
-    assert_eq!(error, Some(DialError::DnsTimeout));
+    assert_eq!(error, Some(failed(Failure::DnsFailed)));
     assert_eq!(error.map(|e| e.code().to_owned()).as_deref(), Some("dns_failed"));
     Ok(())
 }
@@ -152,8 +156,8 @@ async fn a_closed_port_is_refused() -> anyhow::Result<()> {
     let port = closed.local_addr()?.port();
     let resolver = Arc::new(StaticResolver::new());
     let result =
-        bounded(dialer(&resolver).dial(&policy(&["127.0.0.1"], true), &literal(V4, port))).await?;
-    assert_eq!(result.err(), Some(DialError::Refused));
+        bounded(dial(&dialer(&resolver), &policy(&["127.0.0.1"], true), &literal(V4, port))).await?;
+    assert_eq!(result.err(), Some(failed(Failure::ConnectRefused)));
     Ok(())
 }
 
@@ -170,8 +174,8 @@ async fn proxyds_own_listeners_are_self_connections() -> anyhow::Result<()> {
     for target in
         [name("x.test", own.port()), name("localhost", own.port()), literal(V4, own.port())]
     {
-        let result = bounded(dialer.dial(&policy, &target)).await?;
-        assert_eq!(result.err(), Some(DialError::Blocked(Reason::SelfConnection)), "{target}");
+        let result = bounded(dial(&dialer, &policy, &target)).await?;
+        assert_eq!(result.err(), Some(blocked(Reason::SelfConnection)), "{target}");
     }
     assert_eq!(canary.accepts(), 0);
     Ok(())
@@ -187,7 +191,7 @@ async fn a_refused_first_address_falls_through_to_the_next() -> anyhow::Result<(
     let _closed = refusing(SocketAddr::new(V4, addr.port()))?;
     let resolver = Arc::new(StaticResolver::new().with("x.test", [V4, addr.ip()]));
     let connected =
-        bounded(dialer(&resolver).dial(&policy(&["x.test"], true), &name("x.test", addr.port())))
+        bounded(dial(&dialer(&resolver), &policy(&["x.test"], true), &name("x.test", addr.port())))
             .await??;
     assert_eq!(connected.peer, addr);
     Ok(())
@@ -206,7 +210,7 @@ async fn mixed_families_connect_to_whichever_listens() -> anyhow::Result<()> {
         // The refusing family comes first, so it is tried first.
         let resolver = Arc::new(StaticResolver::new().with("x.test", [refusing_ip, listening]));
         let connected = bounded(
-            dialer(&resolver).dial(&policy(&["x.test"], true), &name("x.test", addr.port())),
+            dial(&dialer(&resolver), &policy(&["x.test"], true), &name("x.test", addr.port())),
         )
         .await??;
         assert_eq!(connected.peer, addr);
@@ -229,7 +233,40 @@ async fn a_full_backlog_is_connect_timeout() -> anyhow::Result<()> {
     let resolver = Arc::new(StaticResolver::new());
     let dialer = Dialer::new(resolver, BOUND, Duration::from_millis(200));
     let result =
-        bounded(dialer.dial(&policy(&["127.0.0.1"], true), &literal(V4, addr.port()))).await?;
-    assert_eq!(result.err(), Some(DialError::Timeout));
+        bounded(dial(&dialer, &policy(&["127.0.0.1"], true), &literal(V4, addr.port()))).await?;
+    assert_eq!(result.err(), Some(failed(Failure::ConnectTimeout)));
     Ok(())
+}
+
+/// The one admission path for a plain `GET` of `target` under `policy`: admit, then dial.
+async fn dial(dialer: &Dialer, policy: &Policy, target: &Target) -> Result<Connected, Refusal> {
+    let mut admission = admit(dialer, policy, target).await?;
+    admission.dial().await
+}
+
+/// The one admission path, stopping after the resolved-address check.
+async fn resolve_checked(
+    dialer: &Dialer,
+    policy: &Policy,
+    target: &Target,
+) -> Result<Checked, Refusal> {
+    let mut admission = admit(dialer, policy, target).await?;
+    admission.resolve().await
+}
+
+async fn admit(
+    dialer: &Dialer,
+    policy: &Policy,
+    target: &Target,
+) -> Result<proxyd_net::Admission, Refusal> {
+    let engine = Engine::builder(policy.clone(), Mode::Full, dialer.clone()).build();
+    engine.admit(Attempt::new(Protocol::Http, target.clone(), None).method("GET")).await
+}
+
+fn blocked(reason: Reason) -> Refusal {
+    Refusal::Blocked { reason, mode: Mode::Full }
+}
+
+fn failed(failure: Failure) -> Refusal {
+    Refusal::Failed { failure, mode: Mode::Full }
 }

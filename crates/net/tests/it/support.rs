@@ -26,6 +26,7 @@ pub(crate) fn policy(allowed: &[&str], allow_local_binding: bool) -> Policy {
         denied: PatternSet::default(),
         allow_local_binding,
         enabled: true,
+        unix_sockets: Vec::new(),
     }
 }
 

@@ -2,7 +2,9 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use crate::decision::{Decision, Mode, Policy, Protocol, Reason, Request, SideDoors, Verdict};
+use crate::decision::{
+    Decision, FileId, Mode, Policy, Protocol, Reason, Request, SideDoors, UnixSocketRule, Verdict,
+};
 use crate::pattern::ListKind;
 use crate::pattern_set::PatternSet;
 use crate::target::Target;
@@ -28,6 +30,7 @@ fn policy(allow_local_binding: bool) -> Policy {
         denied: PatternSet::compile(DENIED, ListKind::Denied).expect("denylist"),
         allow_local_binding,
         enabled: true,
+        unix_sockets: Vec::new(),
     }
 }
 
@@ -143,6 +146,7 @@ fn wildcards_never_unlock_local_literals() {
         denied: PatternSet::default(),
         allow_local_binding: false,
         enabled: true,
+        unix_sockets: Vec::new(),
     };
     let d = |t| decide_with(&star, Protocol::Http, "GET", Mode::Full, t);
     assert_eq!(d("127.0.0.1"), "not_allowed_local");
@@ -304,7 +308,6 @@ fn the_decider_only_sees_allowlist_misses() {
     assert_eq!(consult(Mode::Full, "GET").not_allowed(), Decision::Block(Reason::NotAllowed));
     let denied = consult(Mode::Full, "GET").deny("policy_denied");
     assert_eq!(denied.reason().map(Reason::code), Some("policy_denied"));
-    assert_eq!(denied.reason().and_then(Reason::x_proxy_error), Some("blocked-by-policy"));
 }
 
 fn addrs(list: &[&str]) -> Vec<IpAddr> {
@@ -355,40 +358,70 @@ fn resolved_addresses_are_checked() {
 }
 
 #[test]
-fn reasons_report_as_spec_table() {
-    let table = [
-        (Reason::Denied, 403, Some("blocked-by-denylist"), 0x02),
-        (Reason::NotAllowed, 403, Some("blocked-by-allowlist"), 0x02),
-        (Reason::NotAllowedLocal, 403, Some("blocked-by-allowlist"), 0x02),
-        (Reason::MethodNotAllowed, 403, Some("blocked-by-method-policy"), 0x02),
-        (Reason::SelfConnection, 403, Some("blocked-by-policy"), 0x02),
-        (Reason::SniMismatch, 403, Some("blocked-by-policy"), 0x02),
-        (Reason::Decider("x".into()), 403, Some("blocked-by-policy"), 0x02),
-        (Reason::ProxyDisabled, 503, None, 0x01),
+fn every_reason_has_a_code_and_a_message() {
+    let all = [
+        Reason::Denied,
+        Reason::NotAllowed,
+        Reason::NotAllowedLocal,
+        Reason::MethodNotAllowed,
+        Reason::SelfConnection,
+        Reason::SniMismatch,
+        Reason::UnixSocketChanged,
+        Reason::Decider("x".into()),
+        Reason::ProxyDisabled,
     ];
-    for (reason, status, header, socks) in table {
-        assert_eq!(reason.http_status(), status, "{reason}");
-        assert_eq!(reason.x_proxy_error(), header, "{reason}");
-        assert_eq!(reason.socks_reply(), socks, "{reason}");
-        assert!(!reason.message().is_empty());
+    for reason in all {
+        assert!(!reason.code().is_empty());
+        assert!(!reason.message().is_empty(), "{reason}");
     }
     assert_eq!(Reason::NotAllowed.message(), "Domain not in allowlist.");
 }
 
 #[test]
 fn unix_socket_requests() {
+    let rule = |configured: &str, canonical: &str, socket: bool| UnixSocketRule {
+        configured: configured.into(),
+        canonical: canonical.into(),
+        socket: socket.then_some(FileId { dev: 1, ino: 2 }),
+    };
     let mut p = policy(false);
+    p.unix_sockets = vec![
+        rule("/ws/agent.sock", "/ws/agent.sock", true),
+        rule("/ws/link.sock", "/run/real.sock", true),
+        rule("/ws/gone.sock", "/ws/gone.sock", false),
+    ];
     let body = SideDoors { body: true, ..SideDoors::default() };
     let none = SideDoors::default();
-    let code = |d: Decision| d.reason().map_or("allow".to_owned(), |r| r.code().to_owned());
-    assert_eq!(code(p.decide_unix_socket(true, "POST", Mode::Full, body)), "allow");
-    assert_eq!(code(p.decide_unix_socket(false, "GET", Mode::Full, none)), "not_allowed");
-    assert_eq!(code(p.decide_unix_socket(true, "GET", Mode::Limited, none)), "allow");
-    assert_eq!(code(p.decide_unix_socket(true, "POST", Mode::Limited, none)), "method_not_allowed");
-    assert_eq!(code(p.decide_unix_socket(true, "GET", Mode::Limited, body)), "method_not_allowed");
-    assert_eq!(code(p.decide_unix_socket(false, "POST", Mode::Limited, none)), "not_allowed");
+    let check = |p: &Policy, path: &str, method: &str, mode: Mode, doors: SideDoors, want: &str| {
+        let (decision, rule) = p.decide_unix_socket(path, method, mode, doors);
+        let got = decision.reason().map_or("allow".to_owned(), |r| r.code().to_owned());
+        assert_eq!(got, want, "{path} {method} {mode}");
+        assert_eq!(rule.is_some(), want == "allow", "{path}");
+    };
+    check(&p, "/ws/agent.sock", "POST", Mode::Full, body, "allow");
+    check(&p, "/ws/link.sock", "GET", Mode::Full, none, "allow");
+    check(&p, "/run/real.sock", "GET", Mode::Full, none, "allow");
+    check(&p, "/ws/other.sock", "GET", Mode::Full, none, "not_allowed");
+    // Compared by components (a repeated `/` or a `.` names the same entry); `..` is never
+    // resolved, and whatever matched, only the entry's canonical path is connected to.
+    check(&p, "/ws//agent.sock", "GET", Mode::Full, none, "allow");
+    check(&p, "/ws/./agent.sock", "GET", Mode::Full, none, "allow");
+    check(&p, "/ws/../ws/agent.sock", "GET", Mode::Full, none, "not_allowed");
+    check(&p, "ws/agent.sock", "GET", Mode::Full, none, "not_allowed");
+    check(&p, "", "GET", Mode::Full, none, "not_allowed");
+    check(&p, "/ws/gone.sock", "GET", Mode::Full, none, "unix_socket_changed");
+    check(&p, "/ws/agent.sock", "GET", Mode::Limited, none, "allow");
+    check(&p, "/ws/agent.sock", "POST", Mode::Limited, none, "method_not_allowed");
+    check(&p, "/ws/agent.sock", "GET", Mode::Limited, body, "method_not_allowed");
+    check(&p, "/ws/other.sock", "POST", Mode::Limited, none, "not_allowed");
+    let allowed = rule("/ws/agent.sock", "/ws/agent.sock", true);
+    assert!(p.still_allows_unix_socket(&allowed));
+    let mut replaced = allowed.clone();
+    replaced.socket = Some(FileId { dev: 1, ino: 3 });
+    assert!(!p.still_allows_unix_socket(&replaced));
     p.enabled = false;
-    assert_eq!(code(p.decide_unix_socket(true, "GET", Mode::Full, none)), "proxy_disabled");
+    check(&p, "/ws/agent.sock", "GET", Mode::Full, none, "proxy_disabled");
+    assert!(!p.still_allows_unix_socket(&allowed));
 }
 
 /// Review finding: a wide IPv6 range must not unlock the IPv4 addresses that mapped and NAT64
@@ -402,6 +435,7 @@ fn embedded_ipv4_spellings_cannot_unlock_or_dodge() {
             .expect("deny"),
         allow_local_binding: false,
         enabled: true,
+        unix_sockets: Vec::new(),
     };
     let d = |t| decide_with(&p, Protocol::Http, "GET", Mode::Full, t);
     assert_eq!(d("[::ffff:127.0.0.1]"), "not_allowed_local");

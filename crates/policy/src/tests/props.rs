@@ -75,6 +75,7 @@ proptest! {
             denied: PatternSet::compile(&[entry.as_str()], ListKind::Denied).expect("deny"),
             allow_local_binding,
             enabled: true,
+            unix_sockets: Vec::new(),
         };
         let mode = if limited { Mode::Limited } else { Mode::Full };
         let request = Request { protocol, target: &target, method: Some(method), mode, side_doors: SideDoors::default(), inspected: false };

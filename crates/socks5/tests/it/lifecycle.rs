@@ -16,7 +16,7 @@ async fn shutdown_stops_accepting_and_closes_tunnels_after_the_drain() -> anyhow
     let echo = EchoTcp::start().await?;
     let mut proxy = Setup::new()
         .allow(&[&echo.addr().to_string()])
-        .settings(|s| s.drain_timeout = Duration::from_millis(300))
+        .drain_timeout(Duration::from_millis(300))
         .start()
         .await?;
     let mut open = tunnel(proxy.addr, echo.addr()).await?;
@@ -33,7 +33,7 @@ async fn shutdown_stops_accepting_and_closes_tunnels_after_the_drain() -> anyhow
 #[tokio::test]
 async fn shutdown_without_connections_is_prompt() -> anyhow::Result<()> {
     let mut proxy =
-        Setup::new().settings(|s| s.drain_timeout = Duration::from_secs(30)).start().await?;
+        Setup::new().drain_timeout(Duration::from_secs(30)).start().await?;
     bounded(proxy.shutdown()).await??;
     Ok(())
 }

@@ -6,12 +6,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use proxyd_net::{Decider, Dialer, Engine, Event, EventSink, StaticResolver};
+use proxyd_net::{Decider, Dialer, Engine, Event, EventSink, Lifecycle, StaticResolver};
 use proxyd_policy::{ListKind, Mode, PatternSet, Policy};
 use proxyd_socks5::{Settings, Socks5Proxy};
 use proxyd_test_support::TIMEOUT;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub(crate) const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -75,6 +74,7 @@ pub(crate) struct Setup {
     resolver: StaticResolver,
     connect_timeout: Duration,
     decider: Option<Arc<dyn Decider>>,
+    drain_timeout: Duration,
     pub(crate) settings: Settings,
 }
 
@@ -89,10 +89,10 @@ impl Setup {
             resolver: StaticResolver::new(),
             connect_timeout: Duration::from_secs(5),
             decider: None,
+            drain_timeout: Duration::from_secs(5),
             settings: Settings {
                 handshake_timeout: Duration::from_secs(5),
                 idle_timeout: Duration::from_secs(30),
-                drain_timeout: Duration::from_secs(5),
                 max_connections: 64,
                 enable_udp: true,
             },
@@ -139,6 +139,12 @@ impl Setup {
         self
     }
 
+    /// The lifecycle's one drain on shutdown.
+    pub(crate) fn drain_timeout(mut self, timeout: Duration) -> Setup {
+        self.drain_timeout = timeout;
+        self
+    }
+
     pub(crate) fn settings(mut self, change: impl FnOnce(&mut Settings)) -> Setup {
         change(&mut self.settings);
         self
@@ -153,11 +159,15 @@ impl Setup {
             denied: compile(&self.denied, ListKind::Denied)?,
             allow_local_binding: self.allow_local_binding,
             enabled: self.enabled,
+            unix_sockets: Vec::new(),
         };
         let resolver = Arc::new(self.resolver);
         let dialer = Dialer::new(resolver.clone(), Duration::from_secs(2), self.connect_timeout);
         let events = Arc::new(Events::default());
-        let mut builder = Engine::builder(policy, self.mode, dialer.clone()).sink(events.clone());
+        let lifecycle = Lifecycle::new();
+        let mut builder = Engine::builder(policy, self.mode, dialer.clone())
+            .sink(events.clone())
+            .lifecycle(lifecycle.clone());
         if let Some(decider) = self.decider {
             builder = builder.decider(decider, Duration::from_secs(2));
         }
@@ -166,13 +176,22 @@ impl Setup {
             TcpListener::bind(SocketAddr::new(LOCALHOST, 0)).await.context("bind socks5")?;
         let addr = listener.local_addr()?;
         dialer.set_own_listeners(vec![addr]);
-        let (shutdown, stop) = watch::channel(false);
         let socks = Socks5Proxy::new(engine.clone(), self.settings);
         let serving = tokio::spawn({
             let socks = socks.clone();
-            async move { socks.serve(listener, stop).await }
+            async move { socks.serve(listener).await }
         });
-        Ok(Proxy { addr, socks, engine, resolver, events, shutdown, serving: Some(serving) })
+        let drain_timeout = self.drain_timeout;
+        Ok(Proxy {
+            addr,
+            socks,
+            engine,
+            resolver,
+            events,
+            lifecycle,
+            drain_timeout,
+            serving: Some(serving),
+        })
     }
 }
 
@@ -183,14 +202,16 @@ pub(crate) struct Proxy {
     pub(crate) engine: Engine,
     pub(crate) resolver: Arc<StaticResolver>,
     pub(crate) events: Arc<Events>,
-    shutdown: watch::Sender<bool>,
+    lifecycle: Lifecycle,
+    drain_timeout: Duration,
     serving: Option<JoinHandle<()>>,
 }
 
 impl Proxy {
-    /// Signals shutdown and waits (bounded) until `serve` returns.
+    /// The lifecycle's one shutdown (stop, drain, close), then waits (bounded) until `serve`
+    /// returns.
     pub(crate) async fn shutdown(&mut self) -> anyhow::Result<()> {
-        self.shutdown.send_replace(true);
+        bounded(self.lifecycle.shutdown(self.drain_timeout)).await?;
         if let Some(serving) = self.serving.take() {
             bounded(serving).await?.context("serve panicked")?;
         }
@@ -200,7 +221,7 @@ impl Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        self.engine.close_tunnels();
+        self.lifecycle.close_now();
         if let Some(serving) = self.serving.take() {
             serving.abort();
         }

@@ -1,5 +1,5 @@
 //! The accept loop every listener runs (SPEC §7.5), and the tracking of live connections that
-//! graceful shutdown waits on.
+//! the one drain waits on.
 
 use std::future::Future;
 use std::io;
@@ -11,6 +11,8 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore};
 use tracing::Instrument;
+
+use crate::Lifecycle;
 
 /// First sleep after an accept error that means resource exhaustion; doubled up to
 /// [`MAX_BACKOFF`] while the errors go on.
@@ -80,8 +82,8 @@ impl Drop for Tracked {
     }
 }
 
-/// Accepts connections on `listener` until `shutdown` completes, running each in its own task
-/// as `handler(stream, peer)` inside a span carrying a connection id and the peer address.
+/// Accepts connections on `listener` until the lifecycle stops, running each in its own task as
+/// `handler(stream, peer)` inside a span carrying a connection id and the peer address.
 ///
 /// - At most `max_connections` handlers run at once (0 is taken as 1): a permit is taken
 ///   before `accept`, so excess clients wait in the kernel backlog. The permit is released when
@@ -91,13 +93,16 @@ impl Drop for Tracked {
 ///   are logged and skipped.
 /// - Accepted sockets get `TCP_NODELAY`: proxied protocols are request/response and the
 ///   upstream side is set the same way.
+/// - Each handler counts in `connections` (this listener's, for metrics) and in the
+///   lifecycle, whose one drain waits for it.
 ///
-/// Returning drops the listener; handlers already running go on, tracked by `connections`.
+/// Returning drops the listener; handlers already running go on until they end or the
+/// lifecycle closes them.
 pub async fn accept_loop<H, Fut>(
     listener: TcpListener,
     max_connections: usize,
+    lifecycle: &Lifecycle,
     connections: Connections,
-    shutdown: impl Future<Output = ()>,
     handler: H,
 ) where
     H: Fn(TcpStream, SocketAddr) -> Fut + Send + Sync + 'static,
@@ -105,6 +110,7 @@ pub async fn accept_loop<H, Fut>(
 {
     let limit = Arc::new(Semaphore::new(max_connections.clamp(1, Semaphore::MAX_PERMITS)));
     let mut backoff = MIN_BACKOFF;
+    let shutdown = lifecycle.stopping();
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -146,7 +152,7 @@ pub async fn accept_loop<H, Fut>(
         }
         let id = NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed);
         let span = tracing::info_span!("conn", id, %peer);
-        let tracked = connections.track();
+        let tracked = (connections.track(), lifecycle.track());
         let handling = handler(stream, peer);
         tokio::spawn(
             async move {
@@ -180,23 +186,6 @@ const EXHAUSTION_ERRNOS: [i32; 4] =
 const EXHAUSTION_ERRNOS: [i32; 2] = [10024 /* WSAEMFILE */, 10055 /* WSAENOBUFS */];
 #[cfg(not(any(unix, windows)))]
 const EXHAUSTION_ERRNOS: [i32; 0] = [];
-
-/// After the accept loop has stopped: waits up to `drain_timeout` for every handler and tunnel
-/// in `tracked` to finish (SPEC §7.5). Returns whether they all did; when they did not, the
-/// caller closes what is left.
-pub async fn drain(tracked: &[&Connections], drain_timeout: std::time::Duration) -> bool {
-    let all_idle = async {
-        for connections in tracked {
-            connections.wait_idle().await;
-        }
-    };
-    if tokio::time::timeout(drain_timeout, all_idle).await.is_ok() {
-        return true;
-    }
-    let open: Vec<usize> = tracked.iter().map(|c| c.active()).collect();
-    tracing::info!(?open, "drain timeout: closing what is left");
-    false
-}
 
 #[cfg(test)]
 mod tests {

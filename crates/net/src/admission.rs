@@ -1,0 +1,605 @@
+//! The one admission path (SPEC §6): every entry point hands an [`Attempt`] to
+//! [`Engine::admit`] and gets back either a [`Refusal`] to present on its wire, or an
+//! [`Admission`], the only thing that can dial, open a Unix socket, or (in `udp.rs`) route a
+//! datagram. The order of the steps lives here and nowhere else:
+//!
+//! 1. one snapshot of policy and mode, used for every later step of this attempt;
+//! 2. the decision (denylist, local literals, allowlist, method policy; the decider for an
+//!    allowlist miss only);
+//! 3. resolution and the check of every answer, on the same snapshot;
+//! 4. the connection, to checked addresses only;
+//! 5. exactly one decision event per attempt: allowed (with DNS and connect timings), blocked,
+//!    or failed. An admission dropped before it was settled records `client_gone`;
+//! 6. [`Admission::admit`] turns it into a [`Lease`], which every later policy or mode change
+//!    re-checks, and which ends the exchange when that change would refuse it.
+
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use proxyd_policy::{
+    Decision, Mode, Protocol, Reason, Request, SideDoors, Target, UnixSocketRule, Verdict,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Notify;
+
+use crate::dial::{Checked, Connected, OperatorEndpoint};
+use crate::engine::{DeciderAnswer, DeciderRequest, Engine, Event, Outcome, Snapshot};
+use crate::error::DialError;
+
+/// One request or connection to decide, as the listener parsed it off the wire.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub protocol: Protocol,
+    pub target: Target,
+    /// The HTTP method; `None` for SOCKS5.
+    pub method: Option<String>,
+    pub client: Option<SocketAddr>,
+    pub side_doors: SideDoors,
+    /// A `CONNECT` the listener can terminate and decide request by request (`mitm`): in
+    /// limited mode it is admitted as inspected ([`Admission::inspected`]).
+    pub inspectable: bool,
+    /// The `x-unix-socket` path: the request goes to that socket, not to `target`.
+    pub unix_socket: Option<String>,
+}
+
+impl Attempt {
+    pub fn new(protocol: Protocol, target: Target, client: Option<SocketAddr>) -> Attempt {
+        Attempt {
+            protocol,
+            target,
+            method: None,
+            client,
+            side_doors: SideDoors::default(),
+            inspectable: false,
+            unix_socket: None,
+        }
+    }
+
+    pub fn method(mut self, method: &str) -> Attempt {
+        self.method = Some(method.to_owned());
+        self
+    }
+
+    pub fn side_doors(mut self, side_doors: SideDoors) -> Attempt {
+        self.side_doors = side_doors;
+        self
+    }
+
+    pub fn inspectable(mut self, inspectable: bool) -> Attempt {
+        self.inspectable = inspectable;
+        self
+    }
+
+    pub fn unix_socket(mut self, path: Option<String>) -> Attempt {
+        self.unix_socket = path;
+        self
+    }
+}
+
+/// Why an attempt went no further. The listener presents it (HTTP status, `x-proxy-error`,
+/// SOCKS reply code); the event is already recorded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// A policy decision.
+    #[error("blocked: {reason}")]
+    Blocked { reason: Reason, mode: Mode },
+    /// Not a policy decision: the name did not resolve, the origin refused, the listener's own
+    /// step failed.
+    #[error("failed: {}", failure.code())]
+    Failed { failure: Failure, mode: Mode },
+}
+
+impl Refusal {
+    /// The mode the attempt was decided in.
+    pub fn mode(&self) -> Mode {
+        match self {
+            Refusal::Blocked { mode, .. } | Refusal::Failed { mode, .. } => *mode,
+        }
+    }
+
+    /// The code as logged and sent in JSON bodies.
+    pub fn code(&self) -> &str {
+        match self {
+            Refusal::Blocked { reason, .. } => reason.code(),
+            Refusal::Failed { failure, .. } => failure.code(),
+        }
+    }
+
+    pub fn reason(&self) -> Option<&Reason> {
+        match self {
+            Refusal::Blocked { reason, .. } => Some(reason),
+            Refusal::Failed { .. } => None,
+        }
+    }
+}
+
+/// A failure that is not a policy decision. No variant carries upstream error text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Failure {
+    /// The lookup failed, returned nothing, or did not answer within `dns_timeout`.
+    DnsFailed,
+    ConnectRefused,
+    ConnectUnreachable,
+    ConnectTimeout,
+    /// The upstream proxy could not be reached or refused the tunnel.
+    UpstreamProxy,
+    /// TLS or the HTTP handshake with the origin failed.
+    UpstreamTls,
+    /// The origin failed to answer a forwarded request.
+    UpstreamFailed,
+    UnixSocket,
+    /// The interception CA's name constraints do not cover the host (restart to apply).
+    MitmCaScope,
+    /// Not TLS inside an intercepted tunnel.
+    MitmNotTls,
+    MitmHelloTimeout,
+    /// Signing a leaf for the host failed.
+    MitmLeafFailed,
+    /// The client's TLS handshake failed (most often: it does not trust proxyd's CA).
+    MitmHandshakeFailed,
+    MitmHandshakeTimeout,
+    /// The client went away before the attempt was settled.
+    ClientGone,
+    /// The SOCKS5 UDP relay socket could not be bound.
+    UdpRelay,
+}
+
+impl Failure {
+    pub fn code(self) -> &'static str {
+        match self {
+            Failure::DnsFailed => "dns_failed",
+            Failure::ConnectRefused => "connect_refused",
+            Failure::ConnectUnreachable => "connect_unreachable",
+            Failure::ConnectTimeout => "connect_timeout",
+            Failure::UpstreamProxy => "upstream_proxy_failed",
+            Failure::UpstreamTls => "upstream_tls_failed",
+            Failure::UpstreamFailed => "upstream_failed",
+            Failure::UnixSocket => "unix_socket_failed",
+            Failure::MitmCaScope => "mitm_ca_scope",
+            Failure::MitmNotTls => "mitm_not_tls",
+            Failure::MitmHelloTimeout => "mitm_hello_timeout",
+            Failure::MitmLeafFailed => "mitm_leaf_failed",
+            Failure::MitmHandshakeFailed => "mitm_handshake_failed",
+            Failure::MitmHandshakeTimeout => "mitm_handshake_timeout",
+            Failure::ClientGone => "client_gone",
+            Failure::UdpRelay => "udp_relay_failed",
+        }
+    }
+}
+
+impl From<DialError> for Result<Reason, Failure> {
+    fn from(error: DialError) -> Result<Reason, Failure> {
+        match error {
+            DialError::Blocked(reason) => Ok(reason),
+            DialError::DnsFailed | DialError::DnsTimeout => Err(Failure::DnsFailed),
+            DialError::Refused => Err(Failure::ConnectRefused),
+            DialError::Unreachable => Err(Failure::ConnectUnreachable),
+            DialError::Timeout => Err(Failure::ConnectTimeout),
+        }
+    }
+}
+
+impl Engine {
+    /// Decides `attempt` on one snapshot of policy and mode (SPEC §6 steps 2–6, the decider
+    /// for an allowlist miss). A block is recorded and returned; an allow comes back as the
+    /// [`Admission`] that carries the same snapshot on to resolution and dialling.
+    pub async fn admit(&self, attempt: Attempt) -> Result<Admission, Refusal> {
+        let snapshot = self.snapshot();
+        let inspected = attempt.inspectable
+            && attempt.protocol == Protocol::HttpConnect
+            && snapshot.mode == Mode::Limited;
+        let mut admission = Admission {
+            engine: self.clone(),
+            snapshot,
+            attempt,
+            inspected,
+            unix: None,
+            peers: Vec::new(),
+            dns_time: None,
+            connect_time: None,
+            settled: false,
+        };
+        let decision = admission.decide().await;
+        match decision {
+            Decision::Allow => Ok(admission),
+            Decision::Block(reason) => Err(admission.block(reason)),
+        }
+    }
+}
+
+/// An attempt the policy allowed, not yet settled. Holds the snapshot it was decided on.
+#[must_use = "an admission records its outcome when settled (or `client_gone` when dropped)"]
+pub struct Admission {
+    engine: Engine,
+    snapshot: Arc<Snapshot>,
+    attempt: Attempt,
+    inspected: bool,
+    unix: Option<UnixSocketRule>,
+    /// Every checked address of the target: what a later change re-checks.
+    peers: Vec<IpAddr>,
+    dns_time: Option<Duration>,
+    connect_time: Option<Duration>,
+    settled: bool,
+}
+
+impl Admission {
+    /// The mode the attempt was decided in.
+    pub fn mode(&self) -> Mode {
+        self.snapshot.mode
+    }
+
+    /// A `CONNECT` admitted because the listener terminates it and decides every request
+    /// inside again (limited mode with `mitm`): the listener must intercept it.
+    pub fn inspected(&self) -> bool {
+        self.inspected
+    }
+
+    pub fn target(&self) -> &Target {
+        &self.attempt.target
+    }
+
+    pub fn attempt(&self) -> &Attempt {
+        &self.attempt
+    }
+
+    async fn decide(&mut self) -> Decision {
+        let policy = self.snapshot.policy.clone();
+        let attempt = &self.attempt;
+        if let Some(path) = &attempt.unix_socket {
+            let method = attempt.method.as_deref().unwrap_or_default();
+            let (decision, rule) =
+                policy.decide_unix_socket(path, method, self.snapshot.mode, attempt.side_doors);
+            self.unix = rule.cloned();
+            return decision;
+        }
+        let request = Request {
+            protocol: attempt.protocol,
+            target: &attempt.target,
+            method: attempt.method.as_deref(),
+            mode: self.snapshot.mode,
+            side_doors: attempt.side_doors,
+            inspected: self.inspected,
+        };
+        let consult = match policy.decide(&request) {
+            Verdict::Decided(decision) => return decision,
+            Verdict::Consult(consult) => consult,
+        };
+        let Some((decider, timeout)) = &self.engine.inner.decider else {
+            return consult.not_allowed();
+        };
+        let question = DeciderRequest {
+            protocol: attempt.protocol,
+            host: attempt.target.host.to_string(),
+            port: attempt.target.port,
+            client_addr: attempt.client,
+            method: attempt.method.clone(),
+        };
+        match tokio::time::timeout(*timeout, decider.decide(question)).await {
+            Ok(DeciderAnswer::Allow) => consult.allow(),
+            Ok(DeciderAnswer::Deny(reason)) => consult.deny(reason),
+            Err(_) => consult.deny("decider_timeout"),
+        }
+    }
+
+    /// SPEC §6 step 7 on this attempt's snapshot: the target's fixed addresses or one lookup,
+    /// then the check of every answer. Call only when the egress is direct (through an
+    /// upstream proxy the name is resolved there).
+    pub async fn resolve(&mut self) -> Result<Checked, Refusal> {
+        let dialer = &self.engine.inner.dialer;
+        match dialer.resolve_checked(&self.snapshot.policy, &self.attempt.target).await {
+            Ok(checked) => {
+                self.dns_time = Some(checked.dns_time());
+                self.peers = checked.addrs().iter().map(SocketAddr::ip).collect();
+                Ok(checked)
+            }
+            Err(error) => Err(self.dial_refusal(error)),
+        }
+    }
+
+    /// SPEC §6 step 8: connects to the addresses `resolve` checked, nothing else.
+    pub async fn connect(&mut self, checked: &Checked) -> Result<Connected, Refusal> {
+        match self.engine.inner.dialer.connect(checked).await {
+            Ok(connected) => {
+                self.connect_time = Some(connected.connect_time);
+                Ok(connected)
+            }
+            Err(error) => Err(self.dial_refusal(error)),
+        }
+    }
+
+    /// [`Admission::resolve`], then [`Admission::connect`].
+    pub async fn dial(&mut self) -> Result<Connected, Refusal> {
+        let checked = self.resolve().await?;
+        self.connect(&checked).await
+    }
+
+    /// Connects to an upstream proxy the operator configured (SPEC §7.6), for this attempt,
+    /// whose target the upstream proxy will resolve. Never one of proxyd's own listeners.
+    pub async fn dial_upstream(&mut self, endpoint: &OperatorEndpoint) -> Result<Connected, Refusal> {
+        match self.engine.inner.dialer.dial_operator(endpoint).await {
+            Ok(connected) => {
+                self.connect_time = Some(connected.connect_time);
+                Ok(connected)
+            }
+            Err(error) => {
+                tracing::warn!(proxy = %endpoint.target(), reason = ?error, "cannot reach the upstream proxy");
+                Err(self.fail(Failure::UpstreamProxy))
+            }
+        }
+    }
+
+    /// Opens the Unix socket the policy allowed (SPEC §7.7): its canonical path as pinned at
+    /// load, refused (`unix_socket_changed`) when that path no longer leads to the same
+    /// socket without following a symlink.
+    #[cfg(unix)]
+    pub async fn open_unix(&mut self) -> Result<tokio::net::UnixStream, Refusal> {
+        let Some(rule) = self.unix.clone() else {
+            return Err(self.fail(Failure::UnixSocket));
+        };
+        let timeout = self.engine.inner.dialer.connect_timeout();
+        let started = std::time::Instant::now();
+        match tokio::time::timeout(timeout, crate::unix::open(&rule)).await {
+            Ok(Ok(stream)) => {
+                self.connect_time = Some(started.elapsed());
+                Ok(stream)
+            }
+            Ok(Err(crate::unix::OpenError::Changed)) => Err(self.block(Reason::UnixSocketChanged)),
+            Ok(Err(crate::unix::OpenError::Io(error))) => {
+                tracing::debug!(path = %rule.canonical.display(), %error, "unix socket connect failed");
+                Err(self.fail(Failure::UnixSocket))
+            }
+            Err(_) => Err(self.fail(Failure::UnixSocket)),
+        }
+    }
+
+    /// Settles the attempt as failed (a step of the listener's own: TLS with the origin, the
+    /// interception handshake) and records it.
+    pub fn fail(&mut self, failure: Failure) -> Refusal {
+        self.settle(Outcome::Failed(failure.code()));
+        Refusal::Failed { failure, mode: self.snapshot.mode }
+    }
+
+    /// Settles the attempt as blocked by a check of the listener's own (the TLS server name
+    /// of an intercepted tunnel) and records it.
+    pub fn block(&mut self, reason: Reason) -> Refusal {
+        self.settle(Outcome::Blocked(reason.clone()));
+        Refusal::Blocked { reason, mode: self.snapshot.mode }
+    }
+
+    /// Settles the attempt as allowed, records it with its timings, and returns the lease the
+    /// exchange lives under from now on.
+    pub fn admit(mut self) -> Lease {
+        self.settle(Outcome::Allowed);
+        let facts = match self.unix.take() {
+            Some(rule) => Facts::Unix {
+                rule,
+                method: self.attempt.method.take().unwrap_or_default(),
+                side_doors: self.attempt.side_doors,
+            },
+            None => Facts::Request {
+                protocol: self.attempt.protocol,
+                target: self.attempt.target.clone(),
+                method: self.attempt.method.take(),
+                side_doors: self.attempt.side_doors,
+                inspected: self.inspected,
+                peers: std::mem::take(&mut self.peers),
+            },
+        };
+        Lease::new(&self.engine, facts, self.snapshot.generation, self.attempt.protocol)
+    }
+
+    /// Settles a datagram route (udp.rs): recorded like any attempt; no lease, since every
+    /// datagram re-checks the route's generation instead.
+    pub(crate) fn admit_datagram(mut self) -> u64 {
+        self.settle(Outcome::Allowed);
+        self.snapshot.generation
+    }
+
+    fn dial_refusal(&mut self, error: DialError) -> Refusal {
+        match Result::<Reason, Failure>::from(error) {
+            Ok(reason) => self.block(reason),
+            Err(failure) => self.fail(failure),
+        }
+    }
+
+    fn settle(&mut self, outcome: Outcome) {
+        if std::mem::replace(&mut self.settled, true) {
+            return;
+        }
+        let attempt = &self.attempt;
+        self.engine.record(Event {
+            protocol: attempt.protocol,
+            client: attempt.client,
+            host: attempt.target.host.to_string(),
+            port: attempt.target.port,
+            method: attempt.method.clone(),
+            mode: self.snapshot.mode,
+            outcome,
+            dns_time: self.dns_time,
+            connect_time: self.connect_time,
+        });
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.settle(Outcome::Failed(Failure::ClientGone.code()));
+    }
+}
+
+/// What a live exchange was allowed on, re-checked on every policy or mode change.
+pub(crate) enum Facts {
+    Request {
+        protocol: Protocol,
+        target: Target,
+        method: Option<String>,
+        side_doors: SideDoors,
+        inspected: bool,
+        /// Empty when the egress went through an upstream proxy (it resolved the name).
+        peers: Vec<IpAddr>,
+    },
+    Unix {
+        rule: UnixSocketRule,
+        method: String,
+        side_doors: SideDoors,
+    },
+    /// A SOCKS5 UDP association: open while the proxy is enabled in full mode; its datagrams
+    /// are decided one destination at a time.
+    Association,
+}
+
+impl Facts {
+    /// Why `snapshot` would refuse this exchange, if it would. A decider's allow stands for the
+    /// exchange's life (it is not asked again), but the method policy still applies.
+    pub(crate) fn recheck(&self, snapshot: &Snapshot, own: &[SocketAddr]) -> Option<Reason> {
+        let policy = &snapshot.policy;
+        match self {
+            Facts::Request { protocol, target, method, side_doors, inspected, peers } => {
+                let request = Request {
+                    protocol: *protocol,
+                    target,
+                    method: method.as_deref(),
+                    mode: snapshot.mode,
+                    side_doors: *side_doors,
+                    inspected: *inspected,
+                };
+                let decision = match policy.decide(&request) {
+                    Verdict::Decided(decision) => decision,
+                    Verdict::Consult(consult) => consult.allow(),
+                };
+                if let Decision::Block(reason) = decision {
+                    return Some(reason);
+                }
+                match peers.is_empty() {
+                    true => None,
+                    false => policy.check_resolved(target, peers, own).reason().cloned(),
+                }
+            }
+            Facts::Unix { rule, method, side_doors } => {
+                if !policy.still_allows_unix_socket(rule) {
+                    return Some(Reason::NotAllowed);
+                }
+                let path = rule.configured.to_string_lossy();
+                policy.decide_unix_socket(&path, method, snapshot.mode, *side_doors).0.reason().cloned()
+            }
+            Facts::Association => match (policy.enabled, snapshot.mode) {
+                (false, _) => Some(Reason::ProxyDisabled),
+                (true, Mode::Limited) => Some(Reason::MethodNotAllowed),
+                (true, Mode::Full) => None,
+            },
+        }
+    }
+}
+
+/// The registry's view of one live exchange.
+pub(crate) struct LeaseState {
+    pub(crate) id: u64,
+    pub(crate) facts: Facts,
+    revoked: AtomicBool,
+    reason: Mutex<Option<Reason>>,
+    notify: Notify,
+}
+
+impl LeaseState {
+    pub(crate) fn new(id: u64, facts: Facts) -> LeaseState {
+        LeaseState {
+            id,
+            facts,
+            revoked: AtomicBool::new(false),
+            reason: Mutex::new(None),
+            notify: Notify::new(),
+        }
+    }
+
+    pub(crate) fn revoke(&self, reason: Reason) {
+        *self.reason.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason);
+        self.revoked.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+}
+
+/// A live exchange admitted by [`Admission::admit`]: a tunnel, an upgraded connection, a
+/// forwarded request whose body or response may still be streaming, or a UDP association.
+/// Revoked, before the change that causes it returns, when a reload or a mode switch would
+/// refuse it; ended when the lifecycle closes. Clones share the lease; the last one to drop
+/// unregisters it.
+#[derive(Clone)]
+pub struct Lease {
+    inner: Arc<LeaseInner>,
+}
+
+struct LeaseInner {
+    engine: Engine,
+    state: Arc<LeaseState>,
+    protocol: Protocol,
+}
+
+impl Drop for LeaseInner {
+    fn drop(&mut self) {
+        self.engine.unregister(self.state.id);
+    }
+}
+
+impl Lease {
+    pub(crate) fn new(engine: &Engine, facts: Facts, generation: u64, protocol: Protocol) -> Lease {
+        let state = engine.register(facts, generation);
+        Lease { inner: Arc::new(LeaseInner { engine: engine.clone(), state, protocol }) }
+    }
+
+    /// Whether a change revoked it. Checked synchronously before every byte is passed on.
+    pub fn is_revoked(&self) -> bool {
+        self.inner.state.revoked.load(Ordering::Acquire)
+    }
+
+    /// Why it was revoked, if it was.
+    pub fn revoked_reason(&self) -> Option<Reason> {
+        self.inner.state.reason.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// The mode in force now.
+    pub fn mode(&self) -> Mode {
+        self.inner.engine.mode()
+    }
+
+    /// Resolves when the lease is revoked or the lifecycle closes (at once if either
+    /// happened).
+    pub fn ended(&self) -> impl Future<Output = ()> + Send + 'static {
+        let state = self.inner.state.clone();
+        let closing = self.inner.engine.lifecycle().closing();
+        async move {
+            let revoked = async {
+                loop {
+                    let notified = state.notify.notified();
+                    tokio::pin!(notified);
+                    notified.as_mut().enable();
+                    if state.revoked.load(Ordering::Acquire) {
+                        return;
+                    }
+                    notified.await;
+                }
+            };
+            tokio::select! {
+                () = revoked => {}
+                () = closing => {}
+            }
+        }
+    }
+
+    /// Relays a tunnel (SPEC §7.3) until both sides are done, `idle_timeout` passes without a
+    /// byte, or the lease ends; the bytes moved are reported to the event sinks.
+    pub async fn splice<A, B>(&self, a: A, b: B, idle_timeout: Duration) -> io::Result<(u64, u64)>
+    where
+        A: AsyncRead + AsyncWrite + Unpin,
+        B: AsyncRead + AsyncWrite + Unpin,
+    {
+        let result = crate::splice::splice(a, b, idle_timeout, self.ended()).await;
+        if let Ok((up, down)) = &result {
+            self.inner.engine.record_tunnel_bytes(self.inner.protocol, *up, *down);
+        }
+        result
+    }
+}
