@@ -15,6 +15,7 @@ use crate::cargo_metadata;
 
 const POLICY: &str = "proxyd-policy";
 const NET: &str = "proxyd-net";
+const LIFECYCLE: &str = "proxyd-lifecycle";
 const CLI: &str = "proxyd";
 const TEST_SUPPORT: &str = "proxyd-test-support";
 const LISTENERS: &[&str] = &["proxyd-http-proxy", "proxyd-socks5", "proxyd-admin"];
@@ -43,15 +44,17 @@ enum May {
 }
 
 /// The dependency direction of STYLE.md as one table: `policy` ← `config`; `policy` ← `net` ←
-/// {`http-proxy`, `socks5`}; `policy` ← `admin`; everything ← `cli`. Dev-dependencies between
+/// {`http-proxy`, `socks5`}; `policy` ← `admin`; `lifecycle` ← {`net`, the listeners};
+/// everything ← `cli`. The admin API never reaches `net` (it cannot dial). Dev-dependencies between
 /// workspace crates are free (except on `cli`); a subset of a row is always fine.
 const LAYERS: &[(&str, May)] = &[
     (POLICY, May::DependOn(&[])),
+    (LIFECYCLE, May::DependOn(&[])),
     ("proxyd-config", May::DependOn(&[POLICY])),
-    (NET, May::DependOn(&[POLICY])),
-    ("proxyd-http-proxy", May::DependOn(&[POLICY, NET])),
-    ("proxyd-socks5", May::DependOn(&[POLICY, NET])),
-    ("proxyd-admin", May::DependOn(&[POLICY])),
+    (NET, May::DependOn(&[POLICY, LIFECYCLE])),
+    ("proxyd-http-proxy", May::DependOn(&[POLICY, NET, LIFECYCLE])),
+    ("proxyd-socks5", May::DependOn(&[POLICY, NET, LIFECYCLE])),
+    ("proxyd-admin", May::DependOn(&[POLICY, LIFECYCLE])),
     (TEST_SUPPORT, May::DependOn(&[POLICY])),
     (CLI, May::DependOnAny),
     ("xtask", May::DependOn(&[])),

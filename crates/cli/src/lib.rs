@@ -23,3 +23,8 @@ pub use proxyd_admin::{BlockedEntry, ReloadError};
 pub use proxyd_config::{Config, ConfigErrors, Sources};
 pub use proxyd_net::{Resolver, StaticResolver, SystemResolver};
 pub use proxyd_policy::Mode;
+
+/// The README's library snippet, compiled as a doctest (`cargo test --doc -p proxyd`).
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;

@@ -189,8 +189,8 @@ impl NetworkProxyBuilder {
 
         let extra_ca =
             self.extra_ca_file.or_else(|| std::env::var_os("SSL_CERT_FILE").map(PathBuf::from));
-        let tls = proxyd_http_proxy::client_config(provider, extra_ca.as_deref())
-            .map_err(Error::Tls)?;
+        let tls =
+            proxyd_http_proxy::client_config(provider, extra_ca.as_deref()).map_err(Error::Tls)?;
         let upstream = match config.allow_upstream_proxy {
             true => UpstreamProxies::from_env(|name| std::env::var(name).ok()),
             false => UpstreamProxies::default(),
@@ -253,7 +253,10 @@ impl NetworkProxyBuilder {
 /// connection and cuts slow heads, so a few are plenty).
 const ADMIN_MAX_CONNECTIONS: usize = 256;
 
-async fn bind(listener: &'static str, addr: SocketAddr) -> Result<(TcpListener, SocketAddr), Error> {
+async fn bind(
+    listener: &'static str,
+    addr: SocketAddr,
+) -> Result<(TcpListener, SocketAddr), Error> {
     let bound = async {
         let socket = TcpListener::bind(addr).await?;
         let local = socket.local_addr()?;
@@ -317,7 +320,11 @@ impl NetworkProxy {
             addr
         });
         let addrs = Addrs { http: Some(http_addr), socks: socks_addr, admin: admin_addr };
-        let run = Running { live: bound.live, lifecycle: bound.lifecycle, drain_timeout: bound.drain_timeout };
+        let run = Running {
+            live: bound.live,
+            lifecycle: bound.lifecycle,
+            drain_timeout: bound.drain_timeout,
+        };
         Ok(NetworkProxyHandle { run: Some(run), addrs, ca: self.ca, tasks })
     }
 }

@@ -294,7 +294,9 @@ impl Config {
             "admin_url" => {
                 ("dangerously_allow_non_loopback_admin", self.dangerously_allow_non_loopback_admin)
             }
-            _ => ("dangerously_allow_non_loopback_proxy", self.dangerously_allow_non_loopback_proxy),
+            _ => {
+                ("dangerously_allow_non_loopback_proxy", self.dangerously_allow_non_loopback_proxy)
+            }
         };
         let unix_sockets = !self.allow_unix_sockets.is_empty();
         listen::clamp(key, addr, Clamp { flag, flag_set, unix_sockets })
@@ -367,6 +369,23 @@ impl fmt::Debug for AdminToken {
     }
 }
 
+/// The canonical path of a Unix socket and the socket's identity.
+#[cfg(unix)]
+fn pin_socket(path: &Path) -> Result<(PathBuf, FileId), String> {
+    use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
+    let canonical = std::fs::canonicalize(path).map_err(|err| err.to_string())?;
+    let meta = std::fs::metadata(&canonical).map_err(|err| err.to_string())?;
+    if !meta.file_type().is_socket() {
+        return Err("not a unix socket".to_owned());
+    }
+    Ok((canonical, FileId { dev: meta.dev(), ino: meta.ino() }))
+}
+
+#[cfg(not(unix))]
+fn pin_socket(_: &Path) -> Result<(PathBuf, FileId), String> {
+    Err("unix sockets are not supported on this system".to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -383,21 +402,4 @@ mod tests {
         assert!(config.finish(Vec::new()).is_ok());
         assert!(Config { ca_dir: None, ..Config::default() }.finish(Vec::new()).is_ok());
     }
-}
-
-/// The canonical path of a Unix socket and the socket's identity.
-#[cfg(unix)]
-fn pin_socket(path: &Path) -> Result<(PathBuf, FileId), String> {
-    use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
-    let canonical = std::fs::canonicalize(path).map_err(|err| err.to_string())?;
-    let meta = std::fs::metadata(&canonical).map_err(|err| err.to_string())?;
-    if !meta.file_type().is_socket() {
-        return Err("not a unix socket".to_owned());
-    }
-    Ok((canonical, FileId { dev: meta.dev(), ino: meta.ino() }))
-}
-
-#[cfg(not(unix))]
-fn pin_socket(_: &Path) -> Result<(PathBuf, FileId), String> {
-    Err("unix sockets are not supported on this system".to_owned())
 }

@@ -182,7 +182,10 @@ where
     }
 }
 
-async fn handshake<S>(stream: S, upgrade: bool) -> Result<SendRequest<crate::leased::Leased<Incoming>>, Failure>
+async fn handshake<S>(
+    stream: S,
+    upgrade: bool,
+) -> Result<SendRequest<crate::leased::Leased<Incoming>>, Failure>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

@@ -61,7 +61,11 @@ impl Pool {
         None
     }
 
-    pub(crate) fn checkin(&self, key: PoolKey, sender: SendRequest<crate::leased::Leased<Incoming>>) {
+    pub(crate) fn checkin(
+        &self,
+        key: PoolKey,
+        sender: SendRequest<crate::leased::Leased<Incoming>>,
+    ) {
         if sender.is_closed() {
             return;
         }

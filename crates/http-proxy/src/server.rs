@@ -65,8 +65,9 @@ impl HttpProxy {
     /// are then drained and closed by the lifecycle's one shutdown (SPEC §7.5).
     pub async fn serve(&self, listener: TcpListener) {
         let shared = self.shared.clone();
-        let handler =
-            move |stream: TcpStream, peer: SocketAddr| serve_connection(shared.clone(), stream, peer);
+        let handler = move |stream: TcpStream, peer: SocketAddr| {
+            serve_connection(shared.clone(), stream, peer)
+        };
         accept_loop(
             listener,
             self.shared.settings.max_connections,

@@ -151,10 +151,12 @@ mod tests {
     #[tokio::test]
     async fn an_idle_process_drains_clean() {
         let lifecycle = Lifecycle::new();
-        let drained =
-            tokio::time::timeout(Duration::from_secs(1), lifecycle.shutdown(Duration::from_secs(30)))
-                .await
-                .unwrap();
+        let drained = tokio::time::timeout(
+            Duration::from_secs(1),
+            lifecycle.shutdown(Duration::from_secs(30)),
+        )
+        .await
+        .unwrap();
         assert_eq!(drained, Drained::Clean);
     }
 }

@@ -319,7 +319,10 @@ impl Admission {
 
     /// Connects to an upstream proxy the operator configured (SPEC §7.6), for this attempt,
     /// whose target the upstream proxy will resolve. Never one of proxyd's own listeners.
-    pub async fn dial_upstream(&mut self, endpoint: &OperatorEndpoint) -> Result<Connected, Refusal> {
+    pub async fn dial_upstream(
+        &mut self,
+        endpoint: &OperatorEndpoint,
+    ) -> Result<Connected, Refusal> {
         match self.engine.inner.dialer.dial_operator(endpoint).await {
             Ok(connected) => {
                 self.connect_time = Some(connected.connect_time);
@@ -484,7 +487,11 @@ impl Facts {
                     return Some(Reason::NotAllowed);
                 }
                 let path = rule.configured.to_string_lossy();
-                policy.decide_unix_socket(&path, method, snapshot.mode, *side_doors).0.reason().cloned()
+                policy
+                    .decide_unix_socket(&path, method, snapshot.mode, *side_doors)
+                    .0
+                    .reason()
+                    .cloned()
             }
             Facts::Association => match (policy.enabled, snapshot.mode) {
                 (false, _) => Some(Reason::ProxyDisabled),

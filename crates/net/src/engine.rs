@@ -197,8 +197,14 @@ impl Engine {
             new
         };
         let own = self.inner.dialer.own_listeners();
-        let leases: Vec<Arc<LeaseState>> =
-            self.inner.leases.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
+        let leases: Vec<Arc<LeaseState>> = self
+            .inner
+            .leases
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
         let mut revoked = 0usize;
         for lease in leases {
             if let Some(reason) = lease.facts.recheck(&new, &own) {
@@ -207,7 +213,11 @@ impl Engine {
             }
         }
         if revoked > 0 {
-            tracing::info!(revoked, mode = new.mode.as_str(), "live exchanges closed by a policy or mode change");
+            tracing::info!(
+                revoked,
+                mode = new.mode.as_str(),
+                "live exchanges closed by a policy or mode change"
+            );
         }
     }
 

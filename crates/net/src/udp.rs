@@ -142,7 +142,11 @@ impl Association {
 
     /// Sends `payload` along `route`; a route from an older generation, or one sent after the
     /// lease was revoked, is refused (`false`), and so is a datagram that could not be sent.
-    pub async fn send_upstream(&mut self, route: &UdpRoute, payload: &[u8]) -> Result<bool, Reason> {
+    pub async fn send_upstream(
+        &mut self,
+        route: &UdpRoute,
+        payload: &[u8],
+    ) -> Result<bool, Reason> {
         if self.lease.is_revoked() {
             return Err(self.lease.revoked_reason().unwrap_or(Reason::MethodNotAllowed));
         }

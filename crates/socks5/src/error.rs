@@ -13,10 +13,14 @@ use proxyd_policy::{Reason, TargetError};
 /// conventional answer to a connect timeout), 0x01 for anything else.
 pub(crate) fn refusal_reply(refusal: &Refusal) -> u8 {
     match refusal {
-        Refusal::Blocked { reason: Reason::ProxyDisabled, .. } => consts::SOCKS5_REPLY_GENERAL_FAILURE,
+        Refusal::Blocked { reason: Reason::ProxyDisabled, .. } => {
+            consts::SOCKS5_REPLY_GENERAL_FAILURE
+        }
         Refusal::Blocked { .. } => consts::SOCKS5_REPLY_CONNECTION_NOT_ALLOWED,
         Refusal::Failed { failure, .. } => match failure {
-            Failure::DnsFailed | Failure::ConnectUnreachable => consts::SOCKS5_REPLY_HOST_UNREACHABLE,
+            Failure::DnsFailed | Failure::ConnectUnreachable => {
+                consts::SOCKS5_REPLY_HOST_UNREACHABLE
+            }
             Failure::ConnectRefused => consts::SOCKS5_REPLY_CONNECTION_REFUSED,
             Failure::ConnectTimeout => consts::SOCKS5_REPLY_TTL_EXPIRED,
             _ => consts::SOCKS5_REPLY_GENERAL_FAILURE,

@@ -118,10 +118,12 @@ impl Association<'_> {
             };
             let active = match wake {
                 Wake::End(why) => return why,
-                Wake::FromClient(Ok((n, from))) => match self.outgoing(&from_client[..n], from).await {
-                    Some(active) => active,
-                    None => return "association ended (mode, policy or shutdown)",
-                },
+                Wake::FromClient(Ok((n, from))) => {
+                    match self.outgoing(&from_client[..n], from).await {
+                        Some(active) => active,
+                        None => return "association ended (mode, policy or shutdown)",
+                    }
+                }
                 Wake::FromV4(Ok((n, from))) => self.incoming(&from_v4[..n], from).await,
                 Wake::FromV6(Ok((n, from))) => self.incoming(&from_v6[..n], from).await,
                 Wake::FromClient(Err(error))

@@ -77,13 +77,18 @@ impl Decisions {
         self.map
             .get(target)
             .filter(|(_, decided, made_in)| {
-                *made_in == generation
-                    && now.saturating_duration_since(*decided) < UDP_DECISION_TTL
+                *made_in == generation && now.saturating_duration_since(*decided) < UDP_DECISION_TTL
             })
             .map(|(verdict, _, _)| *verdict)
     }
 
-    pub(crate) fn insert(&mut self, target: Target, verdict: Verdict, now: Instant, generation: u64) {
+    pub(crate) fn insert(
+        &mut self,
+        target: Target,
+        verdict: Verdict,
+        now: Instant,
+        generation: u64,
+    ) {
         if self.map.len() >= MAX_DECISIONS && !self.map.contains_key(&target) {
             self.map.retain(|_, (_, decided, made_in)| {
                 *made_in == generation && now.saturating_duration_since(*decided) < UDP_DECISION_TTL

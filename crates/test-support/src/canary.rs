@@ -105,6 +105,10 @@ pub struct UdpCanary {
 
 impl UdpCanary {
     /// Starts on `127.0.0.1:0`.
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "a test origin's own socket, not proxyd's egress"
+    )]
     pub async fn start() -> anyhow::Result<Self> {
         let std_socket =
             std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).context("bind udp canary")?;

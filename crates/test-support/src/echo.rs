@@ -57,6 +57,10 @@ pub struct UdpEcho {
 
 impl UdpEcho {
     /// Starts on `127.0.0.1:0`.
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "a test origin's own socket, not proxyd's egress"
+    )]
     pub async fn start() -> anyhow::Result<Self> {
         let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await.context("bind udp echo")?;
         let addr = socket.local_addr().context("udp echo address")?;

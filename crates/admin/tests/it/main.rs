@@ -132,11 +132,8 @@ impl Server {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let addr = listener.local_addr()?;
         let fake = Arc::new(fake);
-        let settings = Settings {
-            header_read_timeout,
-            token: token.map(str::to_owned),
-            max_connections: 16,
-        };
+        let settings =
+            Settings { header_read_timeout, token: token.map(str::to_owned), max_connections: 16 };
         let server = AdminServer::new(fake.clone(), settings);
         let stop = proxyd_lifecycle::Lifecycle::new();
         let lifecycle = stop.clone();

@@ -233,7 +233,7 @@ async fn a_running_proxyd_intercepts_for_curl_trusting_its_ca() -> anyhow::Resul
         curl(daemon.addr, &["--cacert", cacert, "--connect-to", &connect_to, &setup.url("/")])
             .await?;
     ensure!(sni.connect == 200 && sni.code == 0 && sni.exit != 0, "sni mismatch: {sni:?}");
-    daemon.decision("https", "127.0.0.1", "sni_mismatch").await?;
+    daemon.decision("http-connect", "127.0.0.1", "sni_mismatch").await?;
     ensure!(setup.origin.hits() == 1, "only the first GET reached the origin");
     Ok(())
 }

@@ -98,8 +98,10 @@ fn unix_sockets_keep_every_listener_on_loopback() {
     assert_eq!(config.http_addr.to_string(), "127.0.0.1:1");
     assert_eq!(config.socks_addr.to_string(), "[::1]:2");
     assert_eq!(config.admin_addr.to_string(), "127.0.0.1:3");
-    assert_eq!(config.warnings.len(), 3);
-    for warning in &config.warnings {
+    let clamps: Vec<&String> =
+        config.warnings.iter().filter(|w| w.contains("is not a loopback address")).collect();
+    assert_eq!(clamps.len(), 3, "{:?}", config.warnings);
+    for warning in clamps {
         assert!(warning.contains("because allow_unix_sockets is set"), "{warning}");
     }
     // Loopback listeners need no warning.

@@ -221,7 +221,7 @@ async fn dns_failure_is_502_without_upstream_error_text() -> anyhow::Result<()> 
         assert!(!text.contains(leak), "{leak:?} leaked in {text}");
     }
     assert_eq!(proxy.resolver.lookups("nowhere.test"), 1);
-    assert_eq!(proxy.outcomes(), [(Protocol::Http, Outcome::Failed("dns_failed".into()))]);
+    assert_eq!(proxy.outcomes(), [(Protocol::Http, Outcome::Failed("dns_failed"))]);
     Ok(())
 }
 
@@ -235,7 +235,7 @@ async fn refused_connection_is_502() -> anyhow::Result<()> {
     let body = response.json()?;
     assert_eq!(body["reason"], "connect_refused", "{body}");
     assert!(!response.text().contains("os error"), "{}", response.text());
-    assert_eq!(proxy.outcomes(), [(Protocol::Http, Outcome::Failed("connect_refused".into()))]);
+    assert_eq!(proxy.outcomes(), [(Protocol::Http, Outcome::Failed("connect_refused"))]);
     Ok(())
 }
 

@@ -46,7 +46,7 @@ async fn one_event_per_decision() -> anyhow::Result<()> {
                 "nowhere.allowed.test",
                 80,
                 Some("GET"),
-                Outcome::Failed("dns_failed".into())
+                Outcome::Failed("dns_failed")
             ),
             (Protocol::HttpConnect, "allowed.test", e, Some("CONNECT"), Outcome::Allowed),
             (

@@ -43,9 +43,6 @@ async fn untrusted_origin_certificate_is_502() -> anyhow::Result<()> {
     let text = response.text().to_lowercase();
     assert!(!text.contains("certificate") && !text.contains("unknownissuer"), "{text}");
     assert_eq!(origin.hits(), 0, "no request may be sent over an unverified connection");
-    assert_eq!(
-        proxy.outcomes(),
-        [(Protocol::Https, Outcome::Failed("upstream_tls_failed".into()))]
-    );
+    assert_eq!(proxy.outcomes(), [(Protocol::Https, Outcome::Failed("upstream_tls_failed"))]);
     Ok(())
 }

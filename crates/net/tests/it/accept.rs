@@ -31,14 +31,20 @@ async fn server(max_connections: usize) -> anyhow::Result<Server> {
     let accepting = tokio::spawn({
         let (lifecycle, connections) = (lifecycle.clone(), connections.clone());
         async move {
-            accept_loop(listener, max_connections, &lifecycle, connections, move |mut stream: TcpStream, peer| {
-            let started_tx = started_tx.clone();
-            async move {
-                let _ = started_tx.send(peer);
-                let (mut reader, mut writer) = stream.split();
-                let _ = tokio::io::copy(&mut reader, &mut writer).await;
-            }
-        })
+            accept_loop(
+                listener,
+                max_connections,
+                &lifecycle,
+                connections,
+                move |mut stream: TcpStream, peer| {
+                    let started_tx = started_tx.clone();
+                    async move {
+                        let _ = started_tx.send(peer);
+                        let (mut reader, mut writer) = stream.split();
+                        let _ = tokio::io::copy(&mut reader, &mut writer).await;
+                    }
+                },
+            )
             .await;
         }
     });

@@ -10,8 +10,8 @@ use proxyd_net::{
     Attempt, BoxFuture, Checked, Connected, Dialer, Engine, Failure, Refusal, Resolver,
     StaticResolver,
 };
-use proxyd_policy::{Mode, Policy, Protocol};
 use proxyd_policy::{Host, Reason, Target};
+use proxyd_policy::{Mode, Policy, Protocol};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::{
@@ -54,9 +54,11 @@ async fn an_allowed_name_is_dialled_at_its_checked_address() -> anyhow::Result<(
 #[tokio::test]
 async fn resolve_checked_returns_every_answer_with_the_port() -> anyhow::Result<()> {
     let resolver = Arc::new(StaticResolver::new().with("x.test", [V4, V6, V4]));
-    let checked = bounded(
-        resolve_checked(&dialer(&resolver), &policy(&["x.test"], true), &name("x.test", 8080)),
-    )
+    let checked = bounded(resolve_checked(
+        &dialer(&resolver),
+        &policy(&["x.test"], true),
+        &name("x.test", 8080),
+    ))
     .await??;
     assert_eq!(checked.addrs(), [SocketAddr::new(V4, 8080), SocketAddr::new(V6, 8080)]);
     assert_eq!(*checked.target(), name("x.test", 8080));
@@ -67,9 +69,11 @@ async fn resolve_checked_returns_every_answer_with_the_port() -> anyhow::Result<
 async fn a_name_resolving_to_loopback_is_blocked_without_local_binding() -> anyhow::Result<()> {
     let canary = Canary::new(V4)?;
     let resolver = Arc::new(StaticResolver::new().with("x.test", [V4]));
-    let result = bounded(
-        dial(&dialer(&resolver), &policy(&["x.test"], false), &name("x.test", canary.addr()?.port())),
-    )
+    let result = bounded(dial(
+        &dialer(&resolver),
+        &policy(&["x.test"], false),
+        &name("x.test", canary.addr()?.port()),
+    ))
     .await?;
     assert_eq!(result.err(), Some(blocked(Reason::NotAllowedLocal)));
     assert_eq!(canary.accepts(), 0);
@@ -81,9 +85,11 @@ async fn one_local_answer_among_public_ones_blocks_the_whole_name() -> anyhow::R
     let public: IpAddr = "93.184.215.14".parse()?;
     let resolver = Arc::new(StaticResolver::new().with("x.test", [public, V4]));
     // `resolve_checked` only: nothing here may dial outside loopback.
-    let result = bounded(
-        resolve_checked(&dialer(&resolver), &policy(&["x.test"], false), &name("x.test", 443)),
-    )
+    let result = bounded(resolve_checked(
+        &dialer(&resolver),
+        &policy(&["x.test"], false),
+        &name("x.test", 443),
+    ))
     .await?;
     assert_eq!(result.err(), Some(blocked(Reason::NotAllowedLocal)));
     Ok(())
@@ -107,11 +113,14 @@ async fn an_ip_literal_never_reaches_the_resolver() -> anyhow::Result<()> {
     let upstream = listener(V4).await?;
     let addr = upstream.local_addr()?;
     let resolver = Arc::new(StaticResolver::new());
-    let connected =
-        bounded(dial(&dialer(&resolver), &policy(&["127.0.0.1"], false), &literal(V4, addr.port())))
-            .await??;
+    let connected = bounded(dial(
+        &dialer(&resolver),
+        &policy(&["127.0.0.1"], false),
+        &literal(V4, addr.port()),
+    ))
+    .await??;
     assert_eq!(connected.peer, addr);
-    
+
     assert_eq!(resolver.total_lookups(), 0);
     Ok(())
 }
@@ -156,7 +165,8 @@ async fn a_closed_port_is_refused() -> anyhow::Result<()> {
     let port = closed.local_addr()?.port();
     let resolver = Arc::new(StaticResolver::new());
     let result =
-        bounded(dial(&dialer(&resolver), &policy(&["127.0.0.1"], true), &literal(V4, port))).await?;
+        bounded(dial(&dialer(&resolver), &policy(&["127.0.0.1"], true), &literal(V4, port)))
+            .await?;
     assert_eq!(result.err(), Some(failed(Failure::ConnectRefused)));
     Ok(())
 }
@@ -209,9 +219,11 @@ async fn mixed_families_connect_to_whichever_listens() -> anyhow::Result<()> {
         let _closed = refusing(SocketAddr::new(refusing_ip, addr.port()))?;
         // The refusing family comes first, so it is tried first.
         let resolver = Arc::new(StaticResolver::new().with("x.test", [refusing_ip, listening]));
-        let connected = bounded(
-            dial(&dialer(&resolver), &policy(&["x.test"], true), &name("x.test", addr.port())),
-        )
+        let connected = bounded(dial(
+            &dialer(&resolver),
+            &policy(&["x.test"], true),
+            &name("x.test", addr.port()),
+        ))
         .await??;
         assert_eq!(connected.peer, addr);
     }

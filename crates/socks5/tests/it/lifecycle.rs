@@ -32,8 +32,7 @@ async fn shutdown_stops_accepting_and_closes_tunnels_after_the_drain() -> anyhow
 
 #[tokio::test]
 async fn shutdown_without_connections_is_prompt() -> anyhow::Result<()> {
-    let mut proxy =
-        Setup::new().drain_timeout(Duration::from_secs(30)).start().await?;
+    let mut proxy = Setup::new().drain_timeout(Duration::from_secs(30)).start().await?;
     bounded(proxy.shutdown()).await??;
     Ok(())
 }

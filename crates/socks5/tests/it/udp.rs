@@ -1,6 +1,11 @@
 //! `UDP ASSOCIATE`: allowed datagrams echoed, blocked ones dropped and recorded, spoofed
 //! sources and unsolicited inbound dropped, fragments dropped, and the association's end.
 
+#![expect(
+    clippy::disallowed_methods,
+    reason = "these tests play the SOCKS5 client and UDP peers, not proxyd's egress"
+)]
+
 use std::net::{IpAddr, SocketAddr};
 
 use proxyd_policy::Mode;

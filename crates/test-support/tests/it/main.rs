@@ -1,5 +1,10 @@
 //! Each server in `proxyd-test-support` answering a real client on loopback.
 
+#![expect(
+    clippy::disallowed_methods,
+    reason = "these tests are clients of the test servers, not proxyd's egress"
+)]
+
 mod canary;
 mod echo;
 mod origin;
