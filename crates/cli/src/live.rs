@@ -136,7 +136,7 @@ impl Live {
 
 /// Keys whose new values only a restart applies (they are baked into running listeners).
 fn pending_restart(old: &Config, new: &Config) -> Vec<String> {
-    let keys: [(&str, bool); 11] = [
+    let keys: [(&str, bool); 12] = [
         ("connect_timeout", old.connect_timeout != new.connect_timeout),
         ("dns_timeout", old.dns_timeout != new.dns_timeout),
         ("header_read_timeout", old.header_read_timeout != new.header_read_timeout),
@@ -144,6 +144,7 @@ fn pending_restart(old: &Config, new: &Config) -> Vec<String> {
         ("decider_timeout", old.decider_timeout != new.decider_timeout),
         ("drain_timeout", old.drain_timeout != new.drain_timeout),
         ("max_connections", old.max_connections != new.max_connections),
+        ("admin_max_connections", old.admin_max_connections != new.admin_max_connections),
         ("blocked_log_size", old.blocked_log_size != new.blocked_log_size),
         ("allow_upstream_proxy", old.allow_upstream_proxy != new.allow_upstream_proxy),
         ("mitm", old.mitm != new.mitm),

@@ -229,7 +229,7 @@ impl NetworkProxyBuilder {
                 proxyd_admin::Settings {
                     header_read_timeout: config.header_read_timeout,
                     token: config.admin_token.as_ref().map(|t| t.as_str().to_owned()),
-                    max_connections: ADMIN_MAX_CONNECTIONS,
+                    max_connections: config.admin_max_connections,
                 },
             );
             (listener, addr, server)
@@ -248,10 +248,6 @@ impl NetworkProxyBuilder {
         })
     }
 }
-
-/// At most this many admin connections at once (the admin API serves one request per
-/// connection and cuts slow heads, so a few are plenty).
-const ADMIN_MAX_CONNECTIONS: usize = 256;
 
 async fn bind(
     listener: &'static str,

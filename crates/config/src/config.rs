@@ -49,6 +49,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Per listener.
     pub max_connections: usize,
+    /// Connections the admin listener serves at once (`admin_max_connections`).
+    pub admin_max_connections: usize,
     pub blocked_log_size: usize,
     /// From `admin_token`, or the trimmed content of `admin_token_file` (setting both is an
     /// error).
@@ -113,6 +115,7 @@ impl Default for Config {
             decider_timeout: Duration::from_secs(5 * 60),
             drain_timeout: Duration::from_secs(10),
             max_connections: 4096,
+            admin_max_connections: 256,
             blocked_log_size: 200,
             admin_token: None,
             admin_token_file: None,

@@ -47,6 +47,7 @@ pub(crate) const KEYS: &[(&str, Apply)] = &[
     ("decider_timeout", |c, i| set(&mut c.decider_timeout, i.duration(false))),
     ("drain_timeout", |c, i| set(&mut c.drain_timeout, i.duration(true))),
     ("max_connections", |c, i| set(&mut c.max_connections, i.count(MAX_CONNECTIONS))),
+    ("admin_max_connections", |c, i| set(&mut c.admin_max_connections, i.count(MAX_CONNECTIONS))),
     ("blocked_log_size", |c, i| set(&mut c.blocked_log_size, i.count(MAX_BLOCKED_LOG))),
     ("admin_token", |c, i| set(&mut c.admin_token, i.token())),
     ("admin_token_file", |c, i| set(&mut c.admin_token_file, i.optional_path())),

@@ -145,6 +145,7 @@ impl Config {
             ("decider_timeout", duration(self.decider_timeout)),
             ("drain_timeout", duration(self.drain_timeout)),
             ("max_connections", count(self.max_connections)),
+            ("admin_max_connections", count(self.admin_max_connections)),
             ("blocked_log_size", count(self.blocked_log_size)),
             ("admin_token", token),
             ("admin_token_file", token_file),

@@ -62,6 +62,7 @@ fn every_key_accepts_a_good_value() {
     good("drain_timeout = \"0s\"", "drain_timeout", "\"0s\"");
     good("max_connections = 10", "max_connections", "10");
     good("max_connections = 0x10", "max_connections", "16");
+    good("admin_max_connections = 8", "admin_max_connections", "8");
     good("blocked_log_size = 1", "blocked_log_size", "1");
     good("admin_token = \"s3cret-token\"", "admin_token", "(redacted)");
     good("admin_token = \"\"", "admin_token", "(not set)");
