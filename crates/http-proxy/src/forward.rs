@@ -114,8 +114,18 @@ pub(crate) async fn handle(
     if let Some(key) = key.filter(|_| !upgrade) {
         shared.pool.checkin(key, sender);
     }
-    if upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        return relay_upgrade(shared, tunnels, response, client_upgrade, lease);
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if upgrade {
+            return relay_upgrade(shared, tunnels, response, client_upgrade, lease);
+        }
+        // RFC 9110 §15.2.2: a server switches only when asked. Relaying it would open a raw
+        // channel through a request the method policy judged as a plain read.
+        tracing::debug!("the origin switched protocols without being asked");
+        return respond::error(
+            StatusCode::BAD_GATEWAY,
+            Failure::UpstreamFailed.code(),
+            "the upstream server switched protocols without being asked",
+        );
     }
     rewrite_response(response, lease)
 }

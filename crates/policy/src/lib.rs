@@ -22,7 +22,7 @@ pub use decision::{
     Consult, Decision, FileId, Mode, Policy, Protocol, Reason, Request, SideDoors, UnixSocketRule,
     Verdict,
 };
-pub use local::is_local;
+pub use local::{embedded_v4, is_local};
 pub use pattern::{ListKind, Pattern, PatternError, PatternErrorKind, Subtree};
 pub use pattern_set::{MatchKind, PatternSet};
 pub use target::{AbsoluteUrl, Host, Scheme, Target, TargetError};

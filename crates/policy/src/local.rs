@@ -3,8 +3,8 @@
 //!
 //! An address is local when connecting to it could reach this machine, its private networks,
 //! or infrastructure that looks public but answers only locally (cloud metadata). Addresses that
-//! embed an IPv4 address are judged by the address they embed, because stacks and translators
-//! on the path may deliver them to it.
+//! embed an IPv4 address ([`embedded_v4`]) are judged by every address they embed, because
+//! stacks and translators on the path may deliver them to it.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -55,46 +55,57 @@ fn is_local_v4(ip: Ipv4Addr) -> bool {
 }
 
 fn is_local_v6(ip: Ipv6Addr) -> bool {
-    if LOCAL_V6.iter().any(|&(net, len)| in_prefix_v6(ip, net, len)) {
-        return true;
-    }
-    embeds_local_v4(ip)
+    LOCAL_V6.iter().any(|&(net, len)| in_prefix_v6(ip, net, len))
+        || embedded_v4(ip).iter().any(|v4| is_local_v4(*v4))
 }
 
-/// Whether an IPv6 address carries a local IPv4 address by one of the transition mechanisms
-/// that would deliver the packet to it.
-fn embeds_local_v4(ip: Ipv6Addr) -> bool {
+/// Every IPv4 address an IPv6 address embeds by a transition mechanism that may deliver the
+/// packet to it: the one function the local classifier, the denylist and the local-unlock rule
+/// all use, so no spelling is known to one and not the others.
+///
+/// - IPv4-mapped `::ffff:0:0/96` (RFC 4291 §2.5.5.2), IPv4-compatible `::/96` (deprecated,
+///   RFC 4291 §2.5.5.1), IPv4-translated `::ffff:0:0:0/96` (RFC 2765 §2.1) and the well-known
+///   NAT64 prefix `64:ff9b::/96` (RFC 6052 §2.1): the low 32 bits;
+/// - the local-use NAT64 prefix `64:ff9b:1::/48` (RFC 8215): the operator picks the prefix
+///   length inside it, so every RFC 6052 §2.2 position a /48 to /96 prefix can use;
+/// - 6to4 `2002::/16` (RFC 3056 §2): bits 16–47;
+/// - Teredo `2001::/32` (RFC 4380 §4): the server (bits 32–63) and the client (the bitwise NOT
+///   of the low 32 bits).
+///
+/// `::` and `::1` are not taken as compatible addresses (they are the unspecified and loopback
+/// IPv6 addresses, classified as such).
+pub fn embedded_v4(ip: Ipv6Addr) -> Vec<Ipv4Addr> {
     let bits = u128::from(ip);
     let seg = ip.segments();
     let pair = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
-    // IPv4-mapped ::ffff:0:0/96 (RFC 4291 §2.5.5.2), IPv4-compatible ::/96 (deprecated,
-    // RFC 4291 §2.5.5.1), IPv4-translated ::ffff:0:0:0/96 (RFC 2765 §2.1) and the well-known
-    // NAT64 prefix 64:ff9b::/96 (RFC 6052 §2.1) all carry the address in the low 32 bits.
+    let low32 = Ipv4Addr::from(bits as u32);
     let high96 = bits >> 32;
-    let low32_prefixes = [0, 0xffff, 0xffff_0000, 0x0064_ff9b_u128 << 64];
-    if low32_prefixes.contains(&high96) && is_local_v4(Ipv4Addr::from(bits as u32)) {
-        return true;
+    let mut found = Vec::new();
+    if (high96 == 0 && bits > 1)
+        || high96 == 0xffff
+        || high96 == 0xffff_0000
+        || high96 == 0x0064_ff9b_u128 << 64
+    {
+        found.push(low32);
     }
-    // 6to4 2002::/16 (RFC 3056 §2): the address follows the prefix.
-    if seg[0] == 0x2002 && is_local_v4(pair(seg[1], seg[2])) {
-        return true;
+    if in_prefix_v6(ip, Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0), 48) {
+        let b = ip.octets();
+        // RFC 6052 §2.2: the u octet (bits 64–71) is skipped.
+        found.push(Ipv4Addr::new(b[6], b[7], b[9], b[10])); // /48
+        found.push(Ipv4Addr::new(b[7], b[9], b[10], b[11])); // /56
+        found.push(Ipv4Addr::new(b[9], b[10], b[11], b[12])); // /64
+        found.push(low32); // /96
     }
-    // Teredo 2001::/32 (RFC 4380 §4): the server is in bits 32–63 and the client is the
-    // bitwise NOT of the low 32 bits; either being local makes the address local.
-    seg[0] == 0x2001
-        && seg[1] == 0
-        && (is_local_v4(pair(seg[2], seg[3])) || is_local_v4(Ipv4Addr::from(!(bits as u32))))
-}
-
-/// The IPv4 address that an IPv4-mapped (`::ffff:a.b.c.d`) or well-known-prefix NAT64
-/// (`64:ff9b::a.b.c.d`) address is delivered to, so that lists naming the IPv4 address also
-/// apply to these spellings.
-pub(crate) fn translated_v4(ip: IpAddr) -> Option<IpAddr> {
-    let IpAddr::V6(v6) = ip else { return None };
-    let bits = u128::from(v6);
-    let high96 = bits >> 32;
-    (high96 == 0xffff || high96 == 0x0064_ff9b_u128 << 64)
-        .then(|| IpAddr::V4(Ipv4Addr::from(bits as u32)))
+    if seg[0] == 0x2002 {
+        found.push(pair(seg[1], seg[2]));
+    }
+    if seg[0] == 0x2001 && seg[1] == 0 {
+        found.push(pair(seg[2], seg[3]));
+        found.push(Ipv4Addr::from(!(bits as u32)));
+    }
+    found.sort_unstable();
+    found.dedup();
+    found
 }
 
 fn in_prefix_v4(ip: Ipv4Addr, net: Ipv4Addr, len: u8) -> bool {

@@ -155,18 +155,24 @@ impl PatternSet {
     }
 
     /// Whether an IP entry equals `ip` or a CIDR entry contains it, on `port`: the explicit
-    /// match that may unlock a local address (SPEC §5.2). An IPv4-mapped or NAT64 address is
-    /// judged only by the IPv4 address it is delivered to.
+    /// match that may unlock a local address (SPEC §5.2). An IPv6 address that embeds IPv4
+    /// addresses ([`crate::local::embedded_v4`]) is judged by those: every one must be
+    /// contained, so an IPv6 range (`::/0`, `2002::/16`) never unlocks the IPv4 address behind
+    /// it. A single-address entry naming the IPv6 address itself still does.
     pub fn contains_addr(&self, ip: IpAddr, port: u16) -> bool {
-        let ip = crate::local::translated_v4(ip).unwrap_or(ip);
-        self.contains_exact_addr(ip, port)
+        let embedded = embedded(ip);
+        if embedded.is_empty() {
+            return self.contains_exact_addr(ip, port);
+        }
+        self.ips.get(&ip).is_some_and(|p| p.matches(port))
+            || embedded.iter().all(|v4| self.contains_exact_addr(IpAddr::V4(*v4), port))
     }
 
-    /// Whether any spelling of `ip` (itself, or the IPv4 address a mapped or NAT64 address is
-    /// delivered to) is inside an IP or CIDR entry: what a denylist must catch.
+    /// Whether any spelling of `ip` (itself, or any IPv4 address it embeds) is inside an IP or
+    /// CIDR entry: what a denylist must catch.
     pub fn covers_addr(&self, ip: IpAddr, port: u16) -> bool {
         self.contains_exact_addr(ip, port)
-            || crate::local::translated_v4(ip).is_some_and(|v4| self.contains_exact_addr(v4, port))
+            || embedded(ip).iter().any(|v4| self.contains_exact_addr(IpAddr::V4(*v4), port))
     }
 
     fn contains_exact_addr(&self, ip: IpAddr, port: u16) -> bool {
@@ -178,5 +184,12 @@ impl PatternSet {
                 && IpNet::new(ip, *len)
                     .is_ok_and(|net| bucket.get(&net.network()).is_some_and(|p| p.matches(port)))
         })
+    }
+}
+
+fn embedded(ip: IpAddr) -> Vec<std::net::Ipv4Addr> {
+    match ip {
+        IpAddr::V4(_) => Vec::new(),
+        IpAddr::V6(v6) => crate::local::embedded_v4(v6),
     }
 }

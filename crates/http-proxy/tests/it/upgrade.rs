@@ -70,3 +70,28 @@ async fn switching_to_limited_closes_upgraded_connections() -> anyhow::Result<()
     assert_eq!(client.read_to_close(Duration::from_secs(5)).await?, b"");
     Ok(())
 }
+
+/// Issue 11: an origin that answers a plain `GET` (no `Upgrade` asked for) with `101` is not
+/// relayed: in limited mode that would open a raw, unread channel through a read-only request.
+/// Refused with 502 in every mode.
+#[tokio::test]
+async fn an_unrequested_101_is_refused_with_502() -> anyhow::Result<()> {
+    let origin = crate::harness::RawOrigin::start(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: raw\r\nConnection: Upgrade\r\n\r\nraw bytes",
+    )
+    .await?;
+    for mode in [Mode::Limited, Mode::Full] {
+        let builder = proxy();
+        let builder = match mode {
+            Mode::Limited => builder.limited(),
+            Mode::Full => builder,
+        };
+        let proxy = builder.start().await?;
+        let url = format!("http://localhost:{}/plain", origin.addr.port());
+        let response = proxy.send(request("GET", &url, &[])).await?;
+        assert_eq!(response.status(), 502, "{mode}: {response:?}");
+        assert_eq!(response.json()?["reason"], "upstream_failed", "{mode}");
+    }
+    assert_eq!(origin.heads().len(), 2);
+    Ok(())
+}

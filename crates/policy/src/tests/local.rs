@@ -139,3 +139,55 @@ fn ipv6_forms_that_embed_ipv4() {
     check("2001:0:7f00:1:8000:63bf:f7f7:f7f7", true); // server 127.0.0.1
     check("2001:1::1", false);
 }
+
+/// Every IPv4 address an IPv6 address embeds, one row per transition mechanism.
+#[test]
+fn embedded_ipv4_per_form() {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use crate::local::embedded_v4;
+    #[track_caller]
+    fn check(v6: &str, expected: &[&str]) {
+        let ip: Ipv6Addr = v6.parse().expect("test address parses");
+        let mut want: Vec<Ipv4Addr> = expected.iter().map(|a| a.parse().unwrap()).collect();
+        want.sort_unstable();
+        assert_eq!(embedded_v4(ip), want, "{v6}");
+    }
+    check("::ffff:127.0.0.2", &["127.0.0.2"]); // mapped
+    check("::127.0.0.2", &["127.0.0.2"]); // compatible
+    check("::ffff:0:127.0.0.2", &["127.0.0.2"]); // translated
+    check("64:ff9b::127.0.0.2", &["127.0.0.2"]); // NAT64 well-known
+    check("2002:7f00:2::", &["127.0.0.2"]); // 6to4
+    check("2002:5db8:d822:1::5", &["93.184.216.34"]);
+    // Teredo: server 65.54.227.120, client NOT(0x80ff:fffe) = 127.0.0.1.
+    check("2001:0:4136:e378:8000:63bf:80ff:fffe", &["65.54.227.120", "127.0.0.1"]);
+    // Local-use NAT64 /96 and /64 positions.
+    let nat64 = embedded_v4("64:ff9b:1::7f00:2".parse().unwrap());
+    assert!(nat64.contains(&"127.0.0.2".parse().unwrap()), "{nat64:?}");
+    let nat64_64 = embedded_v4("64:ff9b:1:0:7f:0:200::".parse().unwrap());
+    assert!(nat64_64.contains(&"127.0.0.2".parse().unwrap()), "{nat64_64:?}");
+    // Not embeddings.
+    check("::", &[]);
+    check("::1", &[]);
+    check("2606:4700::1111", &[]);
+    check("fe80::1", &[]);
+}
+
+#[test]
+fn every_embedding_of_a_local_address_is_local() {
+    for v6 in [
+        "::127.0.0.2",
+        "::ffff:0:127.0.0.2",
+        "2002:7f00:2::",
+        "2002:a00:1::",
+        "::ffff:0:10.0.0.1",
+        "::169.254.169.254",
+        "2001:0:4136:e378:8000:63bf:80ff:fffe",
+        "2001:0:7f00:1:0:0:1:1",
+    ] {
+        check(v6, true);
+    }
+    for v6 in ["2002:5db8:d822::", "::ffff:0:93.184.216.34", "::93.184.216.34"] {
+        check(v6, false);
+    }
+}

@@ -56,6 +56,11 @@ pub(super) static GROUPS: &[Group] = &[
     },
     Group { name: "private-ranges", config: r#"allowed_domains = ["*"]"#, cases: private_ranges },
     Group {
+        name: "ipv6-ranges-never-unlock-ipv4",
+        config: r#"allowed_domains = ["::/0", "2002::/16", "2001::/32", "64:ff9b::/32"]"#,
+        cases: ipv6_ranges_never_unlock_ipv4,
+    },
+    Group {
         name: "self-connection",
         config: "allowed_domains = [\"*\"]\nallow_local_binding = true",
         cases: self_connection,
@@ -405,6 +410,23 @@ fn self_connection(p: &Ports) -> Vec<Case> {
     cases
 }
 
+/// Issue 11: with only IPv6 ranges allowed, no IPv6 spelling of a local IPv4 address is
+/// explicitly allowed (IPv4-compatible, translated, mapped, 6to4, NAT64, Teredo).
+fn ipv6_ranges_never_unlock_ipv4(p: &Ports) -> Vec<Case> {
+    [
+        "[::127.0.0.2]",
+        "[::ffff:0:127.0.0.2]",
+        "[::ffff:127.0.0.2]",
+        "[2002:7f00:2::]",
+        "[64:ff9b::127.0.0.2]",
+        "[64:ff9b:1::7f00:2]",
+        "[2001:0:4136:e378:8000:63bf:80ff:fffe]",
+    ]
+    .into_iter()
+    .map(|host| case(host, p.canary, LOCAL))
+    .collect()
+}
+
 /// Denylist entries apply to every spelling of what they name, and to resolved addresses.
 fn denylist_spellings(p: &Ports) -> Vec<Case> {
     let port = p.canary;
@@ -415,6 +437,11 @@ fn denylist_spellings(p: &Ports) -> Vec<Case> {
         "[::ffff:7f00:1]",
         "[64:ff9b::127.0.0.1]",
         "[64:ff9b::7f00:1]",
+        "[::127.0.0.1]",
+        "[::ffff:0:127.0.0.1]",
+        "[2002:7f00:1::]",
+        "[64:ff9b:1::7f00:1]",
+        "[2001:0:4136:e378:8000:63bf:80ff:fffe]",
         "localhost",
         "LOCALHOST.",
         "0.0.0.0",
