@@ -40,6 +40,18 @@ pub enum ReloadError {
     RestartNeeded(Vec<String>),
 }
 
+impl std::fmt::Display for ReloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (what, lines) = match self {
+            ReloadError::Invalid(lines) => ("invalid configuration", lines),
+            ReloadError::RestartNeeded(lines) => ("restart needed", lines),
+        };
+        write!(f, "{what}: {}", lines.join("; "))
+    }
+}
+
+impl std::error::Error for ReloadError {}
+
 /// What the admin API reads and changes. Implemented by the `proxyd` crate.
 pub trait Control: Send + Sync + 'static {
     /// proxyd's version.

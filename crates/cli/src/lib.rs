@@ -16,9 +16,17 @@ pub mod exec;
 mod live;
 mod metrics;
 mod proxy;
+mod trust;
 
 pub use decider::{NetworkDecision, NetworkPolicyDecider, NetworkPolicyRequest};
 pub use proxy::{Error, NetworkProxy, NetworkProxyBuilder, NetworkProxyHandle};
+
+/// Why each config file of `sources` is not trusted for a reload (writable by group or others,
+/// or owned by someone other than this user or root); empty when all are. Reloads refuse while
+/// any is.
+pub fn untrusted_config_files(sources: &Sources) -> Vec<String> {
+    trust::untrusted(sources)
+}
 pub use proxyd_admin::{BlockedEntry, ReloadError};
 pub use proxyd_config::{Config, ConfigErrors, Sources};
 pub use proxyd_net::{Resolver, StaticResolver, SystemResolver};

@@ -4,6 +4,7 @@
 //! engine and handed to it.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
@@ -53,6 +54,9 @@ pub(crate) struct Live {
     listeners: RwLock<Vec<(String, SocketAddr, Connections)>>,
     tunnels: RwLock<Vec<(String, Connections)>>,
     reload_lock: std::sync::Mutex<()>,
+    /// Set once the mode is switched at runtime (admin API or handle): from then on reloads
+    /// leave the mode alone, so file edits cannot walk an API-set limited mode back to full.
+    mode_pinned: AtomicBool,
 }
 
 impl Live {
@@ -70,7 +74,15 @@ impl Live {
             listeners: RwLock::new(Vec::new()),
             tunnels: RwLock::new(Vec::new()),
             reload_lock: std::sync::Mutex::new(()),
+            mode_pinned: AtomicBool::new(false),
         }
+    }
+
+    /// A mode switch at runtime (admin API, library handle): applied at once and kept over
+    /// every later reload.
+    pub(crate) fn set_mode_at_runtime(&self, mode: Mode) {
+        self.mode_pinned.store(true, Ordering::SeqCst);
+        self.engine.set_mode(mode);
     }
 
     pub(crate) fn config(&self) -> Arc<Config> {
@@ -96,6 +108,11 @@ impl Live {
             let why = "this proxy was given its config directly: there are no sources to re-read";
             return Err(ReloadError::Invalid(vec![why.to_owned()]));
         };
+        let untrusted = crate::trust::untrusted(sources);
+        if !untrusted.is_empty() {
+            self.recorder.metrics.reload("error");
+            return Err(ReloadError::Invalid(untrusted));
+        }
         let new = match Config::load(sources) {
             Ok(new) => new,
             Err(errors) => {
@@ -116,14 +133,20 @@ impl Live {
 
     /// Applies a validated config that passed the restart check.
     pub(crate) fn apply(&self, old: &Config, new: Config) -> Result<Vec<String>, ReloadError> {
-        // A mode switched at runtime stays unless the config's own mode changed. Lists and
-        // mode change in one step, and every live exchange the result refuses is revoked
-        // before this returns.
-        match new.mode != old.mode {
+        // A mode switched at runtime stays over every reload; otherwise a changed file mode
+        // applies. Lists and mode change in one step, and every live exchange the result
+        // refuses is revoked before this returns.
+        let pinned = self.mode_pinned.load(Ordering::SeqCst);
+        match new.mode != old.mode && !pinned {
             true => self.engine.set(new.policy(), new.mode),
             false => self.engine.set_policy(new.policy()),
         }
-        let pending = pending_restart(old, &new);
+        let mut pending = pending_restart(old, &new);
+        if pinned && new.mode != self.engine.mode() {
+            pending.push(
+                "mode (switched at runtime; the file's mode applies at the next start)".to_owned(),
+            );
+        }
         for warning in &new.warnings {
             tracing::warn!("{warning}");
         }
@@ -201,7 +224,7 @@ impl Control for Live {
     }
 
     fn set_mode(&self, mode: Mode) {
-        self.engine.set_mode(mode);
+        self.set_mode_at_runtime(mode);
     }
 
     fn listeners(&self) -> Vec<(String, SocketAddr)> {

@@ -25,6 +25,11 @@ struct Cli {
     /// Print the effective config and where each key came from, then exit.
     #[arg(long)]
     print_config: bool,
+    /// Ignore SIGHUP instead of reloading the config files on it (`POST /reload` still
+    /// reloads): for deployments where a program that can signal proxyd must not be able to
+    /// make it re-read files.
+    #[arg(long)]
+    no_sighup_reload: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -93,7 +98,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Some(Command::Exec { command }) => {
-            runtime().and_then(|rt| rt.block_on(exec(sources, config, command)))
+            runtime().and_then(|rt| rt.block_on(exec(config, command)))
         }
         Some(Command::Ca { command }) => ca(&config, command).map(|()| ExitCode::SUCCESS),
         None if !config.enabled => {
@@ -101,7 +106,10 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         None => {
-            runtime().and_then(|rt| rt.block_on(serve(sources, config))).map(|()| ExitCode::SUCCESS)
+            let sighup_reload = !cli.no_sighup_reload;
+            runtime()
+                .and_then(|rt| rt.block_on(serve(sources, config, sighup_reload)))
+                .map(|()| ExitCode::SUCCESS)
         }
     };
     match result {
@@ -180,10 +188,13 @@ fn ca(config: &Config, command: CaCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(sources: Sources, config: Config) -> anyhow::Result<()> {
+async fn serve(sources: Sources, config: Config, sighup_reload: bool) -> anyhow::Result<()> {
     // Before anything is bound or logged: a supervisor may signal as soon as it reads the
     // `listening` line, and an uncaught SIGTERM would kill the process without draining.
     let mut signals = Signals::install()?;
+    for why in proxyd::untrusted_config_files(&sources) {
+        tracing::warn!("{why}; reloads are refused until it is fixed");
+    }
     let ca_dir = config.ca_dir.clone();
     let proxy = NetworkProxy::builder().config(config).sources(sources).build().await?;
     // Clients of a long-running proxyd read the CA here; it changes at every start.
@@ -192,8 +203,12 @@ async fn serve(sources: Sources, config: Config) -> anyhow::Result<()> {
         tracing::info!(path = %path.display(), "interception ca certificate written");
     }
     let handle = proxy.run().await?;
-    // SIGHUP reloads; SIGINT or SIGTERM stops.
+    // SIGHUP reloads (unless turned off); SIGINT or SIGTERM stops.
     while let Signal::Hangup = signals.wait().await {
+        if !sighup_reload {
+            tracing::warn!("sighup ignored: started with --no-sighup-reload");
+            continue;
+        }
         match handle.reload().await {
             Ok(pending) if pending.is_empty() => tracing::info!("sighup: config reloaded"),
             Ok(pending) => tracing::warn!(
@@ -201,7 +216,7 @@ async fn serve(sources: Sources, config: Config) -> anyhow::Result<()> {
                 "sighup: config reloaded; these keys apply at the next restart"
             ),
             Err(err) => tracing::error!(
-                error = ?err,
+                error = %err,
                 "sighup: reload refused; the running config stays in force"
             ),
         }
@@ -212,15 +227,16 @@ async fn serve(sources: Sources, config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `proxyd exec`: the proxy on ephemeral loopback ports, one child, its exit status.
-async fn exec(sources: Sources, config: Config, command: Vec<String>) -> anyhow::Result<ExitCode> {
+/// `proxyd exec`: the proxy on ephemeral loopback ports, one child, its exit status. The
+/// config is read once: the proxy is given no sources, so nothing (no signal, no API) can make
+/// it re-read a file the command may have rewritten.
+async fn exec(config: Config, command: Vec<String>) -> anyhow::Result<ExitCode> {
     let mut signals = Signals::install()?;
     let loopback: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
     let allow_local_binding = config.allow_local_binding;
     let ca_dir = config.ca_dir.clone();
     let proxy = NetworkProxy::builder()
         .config(config)
-        .sources(sources)
         .http_addr(loopback)
         .socks_addr(loopback)
         .without_admin()
@@ -250,7 +266,7 @@ async fn exec(sources: Sources, config: Config, command: Vec<String>) -> anyhow:
         .spawn()
         .with_context(|| format!("starting {}", command[0]));
     let status = match spawned {
-        Ok(child) => wait_child(child, &mut signals, &handle).await,
+        Ok(child) => wait_child(child, &mut signals).await,
         Err(err) => Err(err),
     };
     if let Some(bundle) = &bundle {
@@ -272,20 +288,18 @@ async fn exec(sources: Sources, config: Config, command: Vec<String>) -> anyhow:
     Ok(ExitCode::from(code))
 }
 
-/// Waits for `proxyd exec`'s child, reloading on SIGHUP and passing SIGTERM on as a kill.
+/// Waits for `proxyd exec`'s child, ignoring SIGHUP (the confined command can send it: it
+/// must not be a way to change the policy) and passing SIGTERM on as a kill.
 async fn wait_child(
     mut child: tokio::process::Child,
     signals: &mut Signals,
-    handle: &proxyd::NetworkProxyHandle,
 ) -> anyhow::Result<std::process::ExitStatus> {
     loop {
         tokio::select! {
             status = child.wait() => return status.context("waiting for the command"),
             signal = signals.wait() => match signal {
                 Signal::Hangup => {
-                    if let Err(err) = handle.reload().await {
-                        tracing::error!(error = ?err, "sighup: reload refused");
-                    }
+                    tracing::warn!("sighup ignored: proxyd exec reads its config once");
                 }
                 // The terminal sends SIGINT to the child too; SIGTERM is passed on as a kill.
                 Signal::Stop => {

@@ -390,7 +390,7 @@ impl NetworkProxyHandle {
     /// upgraded connections and UDP associations at once (SPEC §6.2).
     pub fn set_mode(&self, mode: Mode) {
         if let Some(run) = &self.run {
-            run.live.engine.set_mode(mode);
+            run.live.set_mode_at_runtime(mode);
         }
     }
 

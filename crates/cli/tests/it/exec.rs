@@ -145,3 +145,40 @@ async fn proxyd_exits_with_the_commands_status() -> anyhow::Result<()> {
     ensure!(run.code() == Some(128 + 15), "a child killed by SIGTERM: {run:?}");
     Ok(())
 }
+
+/// Issue 11: the confined command rewrites the `--config` file and sends SIGHUP to proxyd (its
+/// parent): the policy must not change. `proxyd exec` reads its config once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_from_the_command_cannot_lift_the_policy() -> anyhow::Result<()> {
+    let origin = HttpOrigin::start().await?;
+    let dir = temp_dir("proxyd-exec-hup")?;
+    let config = dir.join("config.toml");
+    write(&config, "[network]\nallowed_domains = [\"first.localhost\"]\n")?;
+    let url = format!("http://second.localhost:{}/", origin.addr().port());
+    let script = format!(
+        "{CURL} -s -o /dev/null -w '%{{http_code}}\\n' {url}; \
+         printf '[network]\\nallowed_domains = [\"second.localhost\"]\\n' > {config}; \
+         kill -HUP $PPID; sleep 1; \
+         {CURL} -s -o /dev/null -w '%{{http_code}}\\n' {url}",
+        config = config.display()
+    );
+    let output = Command::new(PROXYD)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("CODEX_HOME", dir.path())
+        .args(["exec", "--config"])
+        .arg(&config)
+        .args(["--", "/bin/sh", "-c", &script])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = timeout(BOUND + BOUND, output).await.context("exec did not exit")??;
+    let run = Exec { output, _dir: dir };
+    ensure!(run.code() == Some(0), "{run:?}");
+    ensure!(
+        run.stdout() == "403\n403\n",
+        "the rewritten file and SIGHUP changed the policy: {run:?}"
+    );
+    ensure!(origin.hits() == 0, "{run:?}");
+    Ok(())
+}

@@ -25,11 +25,17 @@ struct Reloadable {
 
 impl Reloadable {
     async fn start(allowlist: &str) -> anyhow::Result<Reloadable> {
+        Reloadable::start_with(allowlist, &[]).await
+    }
+
+    async fn start_with(allowlist: &str, args: &[&str]) -> anyhow::Result<Reloadable> {
         let dir = temp_dir("proxyd-reload")?;
         let file = dir.join("policy.toml");
         write(&file, allowlist)?;
         let path = file.to_str().context("temp path is not utf-8")?;
-        let proxyd = Proxyd::start(&network(""), &["--config", path]).await?;
+        let mut all = vec!["--config", path];
+        all.extend_from_slice(args);
+        let proxyd = Proxyd::start(&network(""), &all).await?;
         let admin = logged_addr(&proxyd, "admin").await?;
         Ok(Reloadable { proxyd, admin, file, _dir: dir })
     }
@@ -252,5 +258,67 @@ async fn switch_to_limited_closes_open_tunnels() -> anyhow::Result<()> {
     curl_switch_mode(admin, "full").await?;
     let mut tunnel = open_tunnel(proxyd.addr(), &authority).await?;
     crate::admin_support::echo_round_trip(&mut tunnel, b"again").await?;
+    Ok(())
+}
+
+async fn wait_sighup_outcome(proxy: &Reloadable, what: &str) -> anyhow::Result<Value> {
+    proxy
+        .proxyd
+        .wait_for_event(what, |event| {
+            event["fields"]["message"].as_str().is_some_and(|m| m.contains("sighup"))
+        })
+        .await
+}
+
+/// Issue 11: with the mode switched through the admin API, two file edits and two SIGHUPs
+/// (limited, then full) must not walk it back to full: a runtime switch is kept over reloads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_edits_and_sighups_cannot_walk_back_an_api_set_mode() -> anyhow::Result<()> {
+    let proxy = Reloadable::start(FIRST).await?;
+    curl_switch_mode(proxy.admin, "limited").await?;
+    for (mode, step) in [("limited", "first"), ("full", "second")] {
+        write(&proxy.file, &format!("{FIRST}mode = \"{mode}\"\n"))?;
+        proxy.proxyd.signal("HUP").await?;
+        let event = wait_sighup_outcome(&proxy, step).await?;
+        ensure!(event["level"] != "ERROR", "the {step} reload failed: {event}");
+        let health = get(proxy.admin, "/health").await?.expect(200)?;
+        ensure!(health["mode"] == "limited", "after the {step} edit ({mode}): {health}");
+    }
+    // The API, which set it, can still switch it back.
+    curl_switch_mode(proxy.admin, "full").await?;
+    Ok(())
+}
+
+/// Issue 11: a config file that group or others can write is not re-read: whoever can write
+/// it and signal proxyd could otherwise lift the policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_file_others_can_write_is_not_reloaded() -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let origin = HttpOrigin::start().await?;
+    let proxy = Reloadable::start(FIRST).await?;
+    std::fs::set_permissions(&proxy.file, std::fs::Permissions::from_mode(0o666))?;
+    write(&proxy.file, SECOND)?;
+    proxy.proxyd.signal("HUP").await?;
+    let refused = wait_sighup_outcome(&proxy, "the refused reload").await?;
+    ensure!(refused["level"] == "ERROR", "{refused}");
+    ensure!(refused.to_string().contains("writable by group or others"), "{refused}");
+    let answer = post(proxy.admin, "/reload", "").await?;
+    ensure!(answer.status == 422 && answer.body.contains("chmod go-w"), "{answer:?}");
+    proxy.expect_allowed(&origin, "first.localhost").await?;
+    proxy.expect_blocked(&origin, "second.localhost").await?;
+    Ok(())
+}
+
+/// Issue 11: `--no-sighup-reload` turns SIGHUP reloads off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_sighup_reload_ignores_sighup() -> anyhow::Result<()> {
+    let origin = HttpOrigin::start().await?;
+    let proxy = Reloadable::start_with(FIRST, &["--no-sighup-reload"]).await?;
+    write(&proxy.file, SECOND)?;
+    proxy.proxyd.signal("HUP").await?;
+    let ignored = wait_sighup_outcome(&proxy, "the ignored sighup").await?;
+    ensure!(ignored.to_string().contains("sighup ignored"), "{ignored}");
+    proxy.expect_allowed(&origin, "first.localhost").await?;
+    proxy.expect_blocked(&origin, "second.localhost").await?;
     Ok(())
 }
