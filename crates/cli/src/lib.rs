@@ -29,7 +29,7 @@ pub fn untrusted_config_files(sources: &Sources) -> Vec<String> {
 }
 pub use proxyd_admin::{BlockedEntry, ReloadError};
 pub use proxyd_config::{Config, ConfigErrors, Sources};
-pub use proxyd_net::{Resolver, StaticResolver, SystemResolver};
+pub use proxyd_net::{CLIENT_SHARE, MAX_LOOKUPS, Resolver, StaticResolver, SystemResolver};
 pub use proxyd_policy::Mode;
 
 /// The README's library snippet, compiled as a doctest (`cargo test --doc -p proxyd`).

@@ -128,7 +128,8 @@ impl NetworkProxyBuilder {
         if !config.enabled {
             return Ok(NetworkProxy { bound: None, config, ca: None });
         }
-        let resolver = self.resolver.unwrap_or_else(|| Arc::new(SystemResolver));
+        let resolver =
+            self.resolver.unwrap_or_else(|| Arc::new(SystemResolver::from_system_conf()));
         let dialer = Dialer::new(resolver, config.dns_timeout, config.connect_timeout);
         let addr = |key: &str, given: Option<SocketAddr>, configured: SocketAddr| match given {
             Some(given) => {

@@ -290,7 +290,8 @@ impl Admission {
     /// upstream proxy the name is resolved there).
     pub async fn resolve(&mut self) -> Result<Checked, Refusal> {
         let dialer = &self.engine.inner.dialer;
-        match dialer.resolve_checked(&self.snapshot.policy, &self.attempt.target).await {
+        let client = self.attempt.client.map(|c| c.ip());
+        match dialer.resolve_checked(&self.snapshot.policy, &self.attempt.target, client).await {
             Ok(checked) => {
                 self.dns_time = Some(checked.dns_time());
                 self.peers = checked.addrs().iter().map(SocketAddr::ip).collect();

@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 
 use crate::error::DialError;
 use crate::happy_eyeballs::{interleave, race};
+use crate::lookups::Lookups;
 use crate::resolve::{Resolver, dedup};
 
 /// How long one connection attempt runs alone before the next address is tried in parallel
@@ -30,7 +31,7 @@ pub struct Dialer {
 }
 
 struct Inner {
-    resolver: Arc<dyn Resolver>,
+    lookups: Lookups,
     dns_timeout: Duration,
     connect_timeout: Duration,
     /// proxyd's bound addresses, refused as `self_connection`. Locked only for short,
@@ -102,7 +103,7 @@ impl Dialer {
     ) -> Dialer {
         Dialer {
             inner: Arc::new(Inner {
-                resolver,
+                lookups: Lookups::new(resolver),
                 dns_timeout,
                 connect_timeout,
                 own_listeners: RwLock::new(Vec::new()),
@@ -139,12 +140,13 @@ impl Dialer {
         &self,
         policy: &Policy,
         target: &Target,
+        client: Option<IpAddr>,
     ) -> Result<Checked, DialError> {
         let (ips, dns_time) = match (target.host.fixed_addrs(), target.host.name()) {
             (Some(ips), _) => (ips, Duration::ZERO),
             (None, Some(name)) => {
                 let started = Instant::now();
-                let ips = self.lookup(name).await?;
+                let ips = self.inner.lookups.lookup(name, client, self.inner.dns_timeout).await?;
                 (ips, started.elapsed())
             }
             // Hosts without fixed addresses are names; there is nothing else to resolve.
@@ -216,24 +218,13 @@ impl Dialer {
         endpoint: &OperatorEndpoint,
     ) -> Result<Connected, DialError> {
         let operator = Policy { allow_local_binding: true, enabled: true, ..Policy::default() };
-        let checked = self.resolve_checked(&operator, &endpoint.target).await?;
+        let checked = self.resolve_checked(&operator, &endpoint.target, None).await?;
         self.connect(&checked).await
     }
 
-    /// One lookup, bounded by `dns_timeout`. The error text is logged, never returned.
-    async fn lookup(&self, name: &str) -> Result<Vec<IpAddr>, DialError> {
-        let lookup = self.inner.resolver.resolve(name);
-        match tokio::time::timeout(self.inner.dns_timeout, lookup).await {
-            Ok(Ok(ips)) => Ok(ips),
-            Ok(Err(error)) => {
-                tracing::debug!(name, %error, "dns lookup failed");
-                Err(DialError::DnsFailed)
-            }
-            Err(_elapsed) => {
-                tracing::debug!(name, "dns lookup timed out");
-                Err(DialError::DnsTimeout)
-            }
-        }
+    /// Distinct DNS lookups in flight now (for tests and metrics).
+    pub fn lookups_in_flight(&self) -> usize {
+        self.inner.lookups.in_flight()
     }
 }
 

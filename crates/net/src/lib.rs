@@ -12,8 +12,9 @@
 //! - `unix`: the Unix-socket egress, to the socket pinned at load only;
 //! - `udp`: the SOCKS5 UDP sockets: the client-facing relay and the outbound sockets, which
 //!   send only along an admitted [`UdpRoute`];
-//! - `resolve`: the injectable [`Resolver`] ([`SystemResolver`] in production,
-//!   [`StaticResolver`] in tests);
+//! - `resolve`: the injectable [`Resolver`] ([`SystemResolver`], an asynchronous DNS client, in
+//!   production; [`StaticResolver`] in tests); `lookups`: coalescing and per-client shares of
+//!   every lookup, so one client cannot starve the others;
 //! - `splice`: [`splice()`], the bidirectional copy with half-close and one idle clock.
 //!
 //! It must not parse protocols or present refusals on a wire (status codes, `x-proxy-error`,
@@ -43,6 +44,7 @@ mod dial;
 mod engine;
 mod error;
 mod happy_eyeballs;
+mod lookups;
 mod resolve;
 mod splice;
 mod udp;
@@ -54,6 +56,7 @@ pub use dial::{CONNECTION_ATTEMPT_DELAY, Checked, Connected, Dialer, OperatorEnd
 pub use engine::{
     Decider, DeciderAnswer, DeciderRequest, Engine, EngineBuilder, Event, EventSink, Outcome,
 };
+pub use lookups::{CLIENT_SHARE, MAX_LOOKUPS};
 pub use proxyd_lifecycle::{Connections, Lifecycle, Tracked};
 pub use resolve::{BoxFuture, Resolver, StaticResolver, SystemResolver};
 pub use splice::{SPLICE_BUFFER_SIZE, SPLICE_INITIAL_BUFFER_SIZE, splice};

@@ -5,11 +5,18 @@
 //! allowlist (SPEC §6 step 7).
 
 use std::collections::HashMap;
+use std::fmt;
 use std::future::Future;
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Mutex, PoisonError};
+
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{
+    ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig,
+    ResolverOpts,
+};
 
 /// A boxed, sendable future (what an object-safe async trait method returns).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -24,19 +31,84 @@ pub trait Resolver: Send + Sync + 'static {
     fn resolve<'a>(&'a self, name: &'a str) -> BoxFuture<'a, io::Result<Vec<IpAddr>>>;
 }
 
-/// The operating system's resolver (`getaddrinfo` on a blocking thread, through tokio), asked
-/// only for the exact name that was decided.
+/// The system's resolver configuration, asked only for the exact name that was decided, by
+/// an asynchronous DNS client (hickory-resolver): no lookup parks a thread, so names whose DNS
+/// never answers cost a timer and a socket each, not a blocking-pool thread.
 ///
-/// The hosts file is consulted first for an exact match of the name or one of its aliases.
-/// Otherwise the name is looked up fully qualified (with a trailing dot), so the resolver's
-/// search list (`search`/`ndots` in resolv.conf) never turns `secret` into
-/// `secret.corp.internal` or `api.example.com` into `api.example.com.cluster.local`: the name
-/// resolved is always the name the policy decided.
-///
-/// When `dns_timeout` fires the caller gets its answer at once, but the blocking lookup itself
-/// cannot be cancelled and finishes on tokio's blocking pool.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemResolver;
+/// - The hosts file is read first, for an exact match of the name or one of its aliases.
+/// - Otherwise the name is queried fully qualified (with a trailing dot), A and AAAA, at the
+///   nameservers of `resolv.conf`; its `search` and `domain` lines are dropped, so the search
+///   list never turns `secret` into `secret.corp.internal`: the name resolved is always the
+///   name the policy decided.
+/// - No public resolver is ever used as a fallback: without a readable `resolv.conf` (or with
+///   no nameserver in it) every DNS lookup fails (`dns_failed`), and hosts-file names,
+///   `localhost` and IP literals still work.
+#[derive(Clone)]
+pub struct SystemResolver {
+    dns: Option<TokioResolver>,
+}
+
+impl SystemResolver {
+    /// The nameservers of the system's `resolv.conf`.
+    pub fn from_system_conf() -> SystemResolver {
+        match hickory_resolver::system_conf::read_system_conf() {
+            Ok((config, options)) => {
+                let (_domain, _search, servers) = config.into_parts();
+                SystemResolver::build(servers, options)
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the system resolver configuration: dns lookups will fail");
+                SystemResolver { dns: None }
+            }
+        }
+    }
+
+    /// These nameservers (UDP, then TCP for truncated answers), for tests and embeddings.
+    pub fn with_nameservers(servers: &[SocketAddr]) -> SystemResolver {
+        let servers = servers
+            .iter()
+            .map(|server| {
+                let mut udp = ConnectionConfig::udp();
+                udp.port = server.port();
+                let mut tcp = ConnectionConfig::tcp();
+                tcp.port = server.port();
+                NameServerConfig::new(server.ip(), true, vec![udp, tcp])
+            })
+            .collect();
+        SystemResolver::build(servers, ResolverOpts::default())
+    }
+
+    fn build(servers: Vec<NameServerConfig>, mut options: ResolverOpts) -> SystemResolver {
+        if servers.is_empty() {
+            tracing::warn!("no nameserver configured: dns lookups will fail");
+            return SystemResolver { dns: None };
+        }
+        // proxyd reads the hosts file itself (exact names only) and bounds every lookup with
+        // `dns_timeout`; names arrive fully qualified, so ndots and search never apply.
+        options.use_hosts_file = ResolveHosts::Never;
+        options.ndots = 0;
+        options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+        let config = ResolverConfig::from_parts(None, Vec::new(), servers);
+        let builder = hickory_resolver::Resolver::builder_with_config(
+            config,
+            hickory_resolver::net::runtime::TokioRuntimeProvider::default(),
+        )
+        .with_options(options);
+        match builder.build() {
+            Ok(dns) => SystemResolver { dns: Some(dns) },
+            Err(error) => {
+                tracing::warn!(%error, "cannot build the dns client: dns lookups will fail");
+                SystemResolver { dns: None }
+            }
+        }
+    }
+}
+
+impl fmt::Debug for SystemResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SystemResolver").field("dns", &self.dns.is_some()).finish()
+    }
+}
 
 impl Resolver for SystemResolver {
     fn resolve<'a>(&'a self, name: &'a str) -> BoxFuture<'a, io::Result<Vec<IpAddr>>> {
@@ -47,12 +119,12 @@ impl Resolver for SystemResolver {
                     return Ok(found);
                 }
             }
+            let Some(dns) = &self.dns else {
+                return Err(io::Error::new(io::ErrorKind::NotFound, "no nameserver configured"));
+            };
             let qualified = format!("{name}.");
-            // Port 0: only the addresses matter; the dialler adds the target's port.
-            #[expect(clippy::disallowed_methods, reason = "the one resolver (SPEC §7.1)")]
-            let lookup = tokio::net::lookup_host((qualified.as_str(), 0));
-            let answers = lookup.await?;
-            Ok(dedup(answers.map(|addr| addr.ip())))
+            let answer = dns.lookup_ip(qualified.as_str()).await.map_err(io::Error::other)?;
+            Ok(dedup(answer.iter()))
         })
     }
 }

@@ -17,8 +17,8 @@ use std::time::Duration;
 use anyhow::{Context as _, bail, ensure};
 use proxyd::{Config, Mode, NetworkProxy, Sources};
 use proxyd_test_support::{
-    BodyCounter, Canary, EchoTcp, ResponseHead, TestCa, UdpEcho, UnixOrigin, client_hello, connect,
-    read_response_head, temp_dir, tls_connect,
+    BodyCounter, Canary, EchoTcp, HttpOrigin, ResponseHead, TestCa, UdpEcho, UnixOrigin,
+    client_hello, connect, read_response_head, temp_dir, tls_connect,
 };
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpStream, UdpSocket};
@@ -628,5 +628,43 @@ async fn an_intercepted_handshake_that_times_out_is_recorded() -> anyhow::Result
          mitm_handshake_timeout: {line}"
     );
     canary.assert_untouched();
+    Ok(())
+}
+
+/// Issue 11: 650 connections from one client, each asking for a name whose DNS never answers
+/// (`dns_timeout = "5s"`), must not make another client's name-based request fail: it is
+/// answered while every flooding request is still waiting for DNS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dns_flood_from_one_client_leaves_another_answering() -> anyhow::Result<()> {
+    let dns = proxyd_test_support::DnsServer::start(&[("ok.test", Ipv4Addr::LOCALHOST)], &["slow"])
+        .await?;
+    let origin = HttpOrigin::start().await?;
+    let config =
+        lib_config("allowed_domains = [\"*\"]\nallow_local_binding = true\ndns_timeout = \"5s\"")?;
+    let resolver = std::sync::Arc::new(proxyd::SystemResolver::with_nameservers(&[dns.addr()]));
+    let handle = start_lib(NetworkProxy::builder().config(config).resolver(resolver)).await?;
+    let mut flood = Vec::new();
+    for n in 0..650 {
+        let mut stream = connect(handle.http()).await?;
+        let head = format!("GET http://slow-{n}.test/ HTTP/1.1\r\nHost: slow-{n}.test\r\n\r\n");
+        stream.write_all(head.as_bytes()).await?;
+        flood.push(stream);
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while dns.distinct_names("slow") < proxyd::CLIENT_SHARE && Instant::now() < deadline {
+        sleep(Duration::from_millis(20)).await;
+    }
+    // Another client: the same machine, another loopback address.
+    let url = format!("http://ok.test:{}/", origin.addr().port());
+    let other = curl(handle.http(), &["--interface", "127.0.0.2", &url]).await?;
+    ensure!(other.code == 200, "the other client's request failed during the flood: {other:?}");
+    // Every flooding request is still waiting: none has been answered.
+    for stream in flood.iter_mut().take(50) {
+        let mut byte = [0u8; 1];
+        let read = timeout(Duration::from_millis(1), stream.read(&mut byte)).await;
+        ensure!(read.is_err(), "a flooding request was answered before the other client's");
+    }
+    let asked = dns.distinct_names("slow");
+    ensure!(asked <= proxyd::CLIENT_SHARE, "one client had {asked} lookups at the nameserver");
     Ok(())
 }

@@ -4,5 +4,6 @@
 
 mod accept;
 mod dial;
+mod dns;
 mod splice;
 mod support;
