@@ -1,0 +1,195 @@
+//! Review of the admission redesign (review-10): bypasses reproduced from outside, with library
+//! proxies, real listeners on `127.0.0.1:0` and raw clients. Each test fails on the code it
+//! was written against.
+//!
+//! - a reload that removes a name from the allowlist leaves its live exchanges open: the
+//!   re-check treats every allowlist miss as a decider's allow, with or without a decider;
+//! - a request admitted in full mode whose lease is revoked between the decision and
+//!   `Admission::admit` (a switch to limited while its name resolves) is still sent to the
+//!   origin: nothing checks the lease before `send_request`, and an empty body's
+//!   `is_end_stream` means `Leased` is never polled.
+//!
+//! Nothing leaves `127.0.0.0/8`; every wait is bounded.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, ensure};
+use proxyd::{Mode, NetworkProxy, Resolver, Sources, StaticResolver};
+use proxyd_test_support::{EchoTcp, HttpOrigin, connect, temp_dir};
+use tokio::io::AsyncReadExt as _;
+use tokio::sync::Notify;
+use tokio::time::{sleep, timeout};
+
+use crate::admin_support::{
+    CLOSE_WITHIN, Handle, closed_within, connect_head, echo_round_trip, lib_config,
+    open_socks_tunnel, open_tunnel, start_lib, write, write_all,
+};
+use crate::support::{BOUND, network};
+
+const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+// ---------------------------------------------------------------------------------------------
+// 1. A reload that drops a name from the allowlist does not end its exchanges.
+
+/// The config file: SOCKS5 on, `allow_local_binding = true` (the test's name resolves to
+/// loopback), and `allowed`.
+fn reload_toml(allowed: &str) -> String {
+    network(&format!("allowed_domains = [{allowed}]\nallow_local_binding = true"))
+        .replace("enable_socks5 = false", "enable_socks5 = true")
+}
+
+/// A proxy reading `dir/config.toml` (allowing `allowed.test`, which resolves to 127.0.0.1).
+async fn reloadable(dir: &std::path::Path) -> anyhow::Result<(Handle, std::path::PathBuf)> {
+    let file = dir.join("config.toml");
+    write(&file, &reload_toml("\"allowed.test\""))?;
+    let sources =
+        Sources { system: None, user: None, files: vec![file.clone()], overrides: vec![] };
+    let resolver = StaticResolver::new().with("allowed.test", [LOOPBACK]);
+    let handle =
+        start_lib(NetworkProxy::builder().sources(sources).resolver(Arc::new(resolver))).await?;
+    Ok((handle, file))
+}
+
+/// Rewrites the file to allow `unrelated.test` only, reloads, and checks that a new `CONNECT`
+/// to `allowed.test` is refused now.
+async fn reload_without_allowed_test(
+    handle: &Handle,
+    file: &std::path::Path,
+    port: u16,
+) -> anyhow::Result<()> {
+    write(file, &reload_toml("\"unrelated.test\""))?;
+    let pending = timeout(BOUND, handle.get().reload()).await.context("reload hung")?;
+    ensure!(pending == Ok(vec![]), "reload: {pending:?}");
+    let head = connect_head(handle.http(), &format!("allowed.test:{port}")).await?;
+    ensure!(
+        head.status == 403 && head.header("x-proxy-error") == Some("blocked-by-allowlist"),
+        "a new CONNECT after the reload: {head:?}"
+    );
+    Ok(())
+}
+
+/// Fails if `tunnel` (to an echo server) still relays a round trip after the reload returned.
+async fn still_carries_bytes(tunnel: &mut tokio::net::TcpStream, what: &str) -> anyhow::Result<()> {
+    let trip = timeout(Duration::from_secs(2), echo_round_trip(tunnel, b"after-reload")).await;
+    ensure!(
+        !matches!(trip, Ok(Ok(()))),
+        "the {what} tunnel to allowed.test still relays bytes after a reload that removed \
+         allowed.test from the allowlist returned (new tunnels to it get 403 not_allowed; no \
+         policy decider is configured)"
+    );
+    Ok(())
+}
+
+/// A `CONNECT` tunnel to `allowed.test` (no policy decider configured); a reload removes
+/// `allowed.test` from the allowlist. New tunnels are refused `not_allowed`, so the open one
+/// must be closed before the reload returns (README: "every live exchange the new policy or
+/// mode refuses is ended"). Today `Facts::recheck` turns the allowlist miss into
+/// `consult.allow()`, as if a decider had allowed it, and the tunnel carries bytes for as
+/// long as the client likes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_drops_the_host_from_the_allowlist_closes_its_connect_tunnel()
+-> anyhow::Result<()> {
+    let echo = EchoTcp::start().await?;
+    let dir = temp_dir("proxyd-review-reload")?;
+    let (handle, file) = reloadable(&dir).await?;
+    let port = echo.addr().port();
+    let mut tunnel = open_tunnel(handle.http(), &format!("allowed.test:{port}")).await?;
+    reload_without_allowed_test(&handle, &file, port).await?;
+    still_carries_bytes(&mut tunnel, "CONNECT").await?;
+    closed_within(&mut tunnel, CLOSE_WITHIN).await.context(
+        "the CONNECT tunnel to allowed.test survived a reload that removed allowed.test from \
+         the allowlist (no policy decider is configured)",
+    )?;
+    Ok(())
+}
+
+/// The same with a SOCKS5 `CONNECT`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_drops_the_host_from_the_allowlist_closes_its_socks5_tunnel()
+-> anyhow::Result<()> {
+    let echo = EchoTcp::start().await?;
+    let dir = temp_dir("proxyd-review-reload")?;
+    let (handle, file) = reloadable(&dir).await?;
+    let socks = handle.get().socks_addr().context("socks5 is enabled")?;
+    let port = echo.addr().port();
+    let mut tunnel = open_socks_tunnel(socks, "allowed.test", port).await?;
+    reload_without_allowed_test(&handle, &file, port).await?;
+    still_carries_bytes(&mut tunnel, "SOCKS5").await?;
+    closed_within(&mut tunnel, CLOSE_WITHIN).await.context(
+        "the SOCKS5 tunnel to allowed.test survived a reload that removed allowed.test from \
+         the allowlist (no policy decider is configured)",
+    )?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. A request revoked before it was sent is sent anyway.
+
+/// A resolver whose answer for every name waits until the test releases it; it says when a
+/// lookup started. Stands in for a slow DNS answer (which the owner of a domain controls).
+#[derive(Default)]
+struct HeldResolver {
+    started: Notify,
+    release: Notify,
+}
+
+impl Resolver for HeldResolver {
+    fn resolve<'a>(
+        &'a self,
+        _name: &'a str,
+    ) -> Pin<Box<dyn std::future::Future<Output = io::Result<Vec<IpAddr>>> + Send + 'a>> {
+        Box::pin(async move {
+            let released = self.release.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            self.started.notify_one();
+            released.await;
+            Ok(vec![LOOPBACK])
+        })
+    }
+}
+
+/// `POST http://slow.test:PORT/delete` with no body is allowed in full mode; while its name
+/// resolves, the proxy switches to limited mode (`set_mode` returns); then the answer comes.
+/// Limited mode forbids `POST`, and the lease the exchange gets is revoked when it registers,
+/// yet the request is sent to the origin: `forward.rs` never looks at the lease before
+/// `send_request`, and a body-less request is never polled (`Leased::is_end_stream` is the
+/// inner body's), so the whole write reaches the origin after the switch returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_decided_before_a_switch_to_limited_is_not_sent_after_it() -> anyhow::Result<()> {
+    let origin = HttpOrigin::start().await?;
+    let resolver = Arc::new(HeldResolver::default());
+    let config = lib_config("allowed_domains = [\"slow.test\"]\nallow_local_binding = true")?;
+    let handle =
+        start_lib(NetworkProxy::builder().config(config).resolver(resolver.clone())).await?;
+    let port = origin.addr().port();
+
+    let mut client = connect(handle.http()).await?;
+    let request = format!(
+        "POST http://slow.test:{port}/delete?id=1 HTTP/1.1\r\nHost: slow.test:{port}\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    write_all(&mut client, request.as_bytes()).await?;
+    timeout(BOUND, resolver.started.notified()).await.context("the name was never resolved")?;
+    handle.get().set_mode(Mode::Limited);
+    ensure!(handle.get().mode() == Some(Mode::Limited), "the switch did not take");
+    resolver.release.notify_one();
+
+    // Whatever the client gets (403, a cut response), read it for a moment.
+    let mut answer = Vec::new();
+    let _ = timeout(Duration::from_secs(2), client.read_to_end(&mut answer)).await;
+    sleep(Duration::from_millis(200)).await;
+    ensure!(
+        origin.hits() == 0,
+        "the origin received {} request(s) after set_mode(Limited) had returned: {:?}; the \
+         client got {:?}",
+        origin.hits(),
+        origin.requests().iter().map(|r| format!("{} {}", r.method, r.target)).collect::<Vec<_>>(),
+        String::from_utf8_lossy(&answer)
+    );
+    Ok(())
+}
