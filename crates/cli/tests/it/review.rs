@@ -9,6 +9,9 @@
 //!   origin: nothing checks the lease before `send_request`, and an empty body's
 //!   `is_end_stream` means `Leased` is never polled.
 //!
+//! - a Unix socket re-created at the pinned path after its server stopped passes the pin when
+//!   the file system hands out the freed inode number again (ext4 does).
+//!
 //! Nothing leaves `127.0.0.0/8`; every wait is bounded.
 
 use std::io;
@@ -191,5 +194,68 @@ async fn a_post_decided_before_a_switch_to_limited_is_not_sent_after_it() -> any
         origin.requests().iter().map(|r| format!("{} {}", r.method, r.target)).collect::<Vec<_>>(),
         String::from_utf8_lossy(&answer)
     );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. A new socket at the pinned path passes the inode check when its inode number is reused.
+
+/// `agent.sock` is allowed and reached; then its server stops (the socket file is removed with
+/// it) and a different server binds a new socket at the same path. README: "Replacing the
+/// socket ... gets 403 `unix_socket_changed` until a reload looks again". The pin is only the
+/// device and inode *numbers*, and on ext4 (where this runs) a freed inode number is handed
+/// out again at once, so the impostor's socket carries the pinned identity and is reached.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_rebound_after_its_server_stopped_is_refused() -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+
+    use proxyd_test_support::UnixOrigin;
+
+    let dir = temp_dir("proxyd-review-unix")?;
+    let path = dir.join("agent.sock");
+    let agent = UnixOrigin::start(&path).await?;
+    let pinned = std::fs::metadata(&path)?.ino();
+    let config = lib_config(&format!("allow_unix_sockets = [{:?}]", path.display().to_string()))?;
+    let handle = start_lib(NetworkProxy::builder().config(config)).await?;
+    let header = format!("x-unix-socket: {}", path.display());
+    let response =
+        crate::support::curl(handle.http(), &["--header", &header, "http://localhost/agent"])
+            .await?;
+    ensure!(response.code == 200 && agent.hits() == 1, "the allowed socket: {response:?}");
+
+    // The server stops: its listener closes and its socket file goes.
+    drop(agent);
+    let deadline = tokio::time::Instant::now() + BOUND;
+    while path.exists() && tokio::time::Instant::now() < deadline {
+        sleep(Duration::from_millis(20)).await;
+    }
+    sleep(Duration::from_millis(200)).await;
+    // Another server binds there; retried a few times in case the inode number is not
+    // reused at once (it is on ext4).
+    let mut impostor = None;
+    for _ in 0..20 {
+        let candidate = UnixOrigin::start(&path).await.context("bind a new agent.sock")?;
+        if std::fs::metadata(&path)?.ino() == pinned {
+            impostor = Some(candidate);
+            break;
+        }
+        drop(candidate);
+        sleep(Duration::from_millis(50)).await;
+    }
+    let Some(impostor) = impostor else {
+        // The file system did not reuse the inode number: nothing to show here.
+        eprintln!("inode {pinned} was not reused; the check holds on this file system");
+        return Ok(());
+    };
+    let response =
+        crate::support::curl(handle.http(), &["--header", &header, "http://localhost/agent"])
+            .await?;
+    ensure!(
+        impostor.hits() == 0,
+        "a new socket bound at the allowed path after the pinned one was gone was reached \
+         (it got the pinned inode number {pinned}): {response:?}"
+    );
+    ensure!(response.code == 403, "expected 403 unix_socket_changed, got {response:?}");
     Ok(())
 }
