@@ -259,3 +259,50 @@ async fn a_socket_rebound_after_its_server_stopped_is_refused() -> anyhow::Resul
     ensure!(response.code == 403, "expected 403 unix_socket_changed, got {response:?}");
     Ok(())
 }
+
+/// The reload variant: `GET http://slow.test:PORT/` is allowed; while its name resolves, a
+/// reload puts `slow.test` in `denied_domains` (and `reload()` returns). The lease is revoked
+/// when it registers, but the request still goes to the now denied host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_decided_before_a_reload_denies_its_host_is_not_sent_after_it()
+-> anyhow::Result<()> {
+    let origin = HttpOrigin::start().await?;
+    let resolver = Arc::new(HeldResolver::default());
+    let dir = temp_dir("proxyd-review-deny")?;
+    let file = dir.join("config.toml");
+    let toml = |denied: &str| {
+        network(&format!(
+            "allowed_domains = [\"slow.test\"]\ndenied_domains = [{denied}]\n\
+             allow_local_binding = true"
+        ))
+    };
+    write(&file, &toml(""))?;
+    let sources =
+        Sources { system: None, user: None, files: vec![file.clone()], overrides: vec![] };
+    let handle =
+        start_lib(NetworkProxy::builder().sources(sources).resolver(resolver.clone())).await?;
+    let port = origin.addr().port();
+
+    let mut client = connect(handle.http()).await?;
+    let request =
+        format!("GET http://slow.test:{port}/secret HTTP/1.1\r\nHost: slow.test:{port}\r\n\r\n");
+    write_all(&mut client, request.as_bytes()).await?;
+    timeout(BOUND, resolver.started.notified()).await.context("the name was never resolved")?;
+    write(&file, &toml("\"slow.test\""))?;
+    let pending = timeout(BOUND, handle.get().reload()).await.context("reload hung")?;
+    ensure!(pending == Ok(vec![]), "reload: {pending:?}");
+    resolver.release.notify_one();
+
+    let mut answer = Vec::new();
+    let _ = timeout(Duration::from_secs(2), client.read_to_end(&mut answer)).await;
+    sleep(Duration::from_millis(200)).await;
+    ensure!(
+        origin.hits() == 0,
+        "the origin (slow.test, denied by the reload) received {} request(s) after reload() \
+         had returned: {:?}; the client got {:?}",
+        origin.hits(),
+        origin.requests().iter().map(|r| format!("{} {}", r.method, r.target)).collect::<Vec<_>>(),
+        String::from_utf8_lossy(&answer)
+    );
+    Ok(())
+}
