@@ -11,6 +11,9 @@
 //!
 //! - a Unix socket re-created at the pinned path after its server stopped passes the pin when
 //!   the file system hands out the freed inode number again (ext4 does).
+//! - one UDP datagram whose route goes stale during its own admission is recorded twice
+//!   (allowed on the old snapshot, then blocked on the new one), though it is sent once or not
+//!   at all.
 //!
 //! Nothing leaves `127.0.0.0/8`; every wait is bounded.
 
@@ -138,6 +141,9 @@ async fn a_reload_that_drops_the_host_from_the_allowlist_closes_its_socks5_tunne
 struct HeldResolver {
     started: Notify,
     release: Notify,
+    /// Only the first lookup is held when set; later ones answer at once.
+    first_only: bool,
+    lookups: std::sync::atomic::AtomicUsize,
 }
 
 impl Resolver for HeldResolver {
@@ -145,7 +151,11 @@ impl Resolver for HeldResolver {
         &'a self,
         _name: &'a str,
     ) -> Pin<Box<dyn std::future::Future<Output = io::Result<Vec<IpAddr>>> + Send + 'a>> {
+        let n = self.lookups.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Box::pin(async move {
+            if self.first_only && n > 0 {
+                return Ok(vec![LOOPBACK]);
+            }
             let released = self.release.notified();
             tokio::pin!(released);
             released.as_mut().enable();
@@ -304,5 +314,73 @@ async fn a_request_decided_before_a_reload_denies_its_host_is_not_sent_after_it(
         origin.requests().iter().map(|r| format!("{} {}", r.method, r.target)).collect::<Vec<_>>(),
         String::from_utf8_lossy(&answer)
     );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. One datagram, two decision events.
+
+/// `proxyd_decisions_total` samples for `protocol`, as `(line, count)`.
+fn decisions(metrics: &str, protocol: &str) -> Vec<(String, u64)> {
+    let label = format!("protocol=\"{protocol}\"");
+    metrics
+        .lines()
+        .filter(|line| line.starts_with("proxyd_decisions_total{") && line.contains(&label))
+        .map(|line| {
+            let count = line.rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+            (line.to_owned(), count)
+        })
+        .collect()
+}
+
+/// One datagram to `slow.test` on a fresh association; while its name resolves, a reload puts
+/// `slow.test` in `denied_domains`. The route is settled (recorded) as allowed on the old
+/// snapshot, found stale by `send_upstream`, and decided again: blocked `denied`. Nothing is
+/// sent (right), but the one datagram is recorded twice, once as allowed and once as blocked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_datagram_across_a_reload_is_recorded_once() -> anyhow::Result<()> {
+    let echo = proxyd_test_support::UdpEcho::start().await?;
+    let resolver = Arc::new(HeldResolver { first_only: true, ..HeldResolver::default() });
+    let dir = temp_dir("proxyd-review-udp")?;
+    let file = dir.join("config.toml");
+    let toml = |denied: &str| {
+        network(&format!(
+            "allowed_domains = [\"slow.test\"]\ndenied_domains = [{denied}]\n\
+             allow_local_binding = true"
+        ))
+        .replace("enable_socks5 = false", "enable_socks5 = true")
+    };
+    write(&file, &toml(""))?;
+    let sources =
+        Sources { system: None, user: None, files: vec![file.clone()], overrides: vec![] };
+    let handle =
+        start_lib(NetworkProxy::builder().sources(sources).resolver(resolver.clone())).await?;
+    let socks = handle.get().socks_addr().context("socks5 is enabled")?;
+
+    #[expect(clippy::disallowed_methods, reason = "the test's SOCKS5 client socket")]
+    let socket = tokio::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+    let (_control, relay) =
+        crate::admin_support::open_udp_relay(socks, socket.local_addr()?).await?;
+    let name = b"slow.test";
+    let mut datagram = vec![0, 0, 0, 3, name.len() as u8];
+    datagram.extend_from_slice(name);
+    datagram.extend_from_slice(&echo.addr().port().to_be_bytes());
+    datagram.extend_from_slice(b"one");
+    #[expect(clippy::disallowed_methods, reason = "the test's SOCKS5 client socket")]
+    let sent = timeout(BOUND, socket.send_to(&datagram, relay)).await;
+    sent??;
+
+    timeout(BOUND, resolver.started.notified()).await.context("the name was never resolved")?;
+    write(&file, &toml("\"slow.test\""))?;
+    let pending = timeout(BOUND, handle.get().reload()).await.context("reload hung")?;
+    ensure!(pending == Ok(vec![]), "reload: {pending:?}");
+    resolver.release.notify_one();
+    sleep(Duration::from_millis(500)).await;
+    ensure!(echo.received().is_empty(), "the denied echo got {:?}", echo.received());
+
+    let metrics = crate::admin_support::get(handle.admin(), "/metrics").await?.body;
+    let events = decisions(&metrics, "socks5-udp");
+    let total: u64 = events.iter().map(|(_, n)| n).sum();
+    ensure!(total == 1, "one datagram (never sent) was recorded {total} times: {events:?}");
     Ok(())
 }
