@@ -14,6 +14,7 @@
 //! - one UDP datagram whose route goes stale during its own admission is recorded twice
 //!   (allowed on the old snapshot, then blocked on the new one), though it is sent once or not
 //!   at all.
+//! - a SOCKS5 `CONNECT` still resolving when `shutdown()` returns dials its destination after.
 //!
 //! Nothing leaves `127.0.0.0/8`; every wait is bounded.
 
@@ -382,5 +383,53 @@ async fn one_datagram_across_a_reload_is_recorded_once() -> anyhow::Result<()> {
     let events = decisions(&metrics, "socks5-udp");
     let total: u64 = events.iter().map(|(_, n)| n).sum();
     ensure!(total == 1, "one datagram (never sent) was recorded {total} times: {events:?}");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. A SOCKS5 request still being admitted when shutdown returns dials after it.
+
+/// A SOCKS5 `CONNECT` to `slow.test` whose name is still resolving when `shutdown()` begins
+/// (`drain_timeout = "1s"`). The drain runs out, everything is told to close and shutdown
+/// returns; then the answer comes, and the SOCKS5 handler, which never listens to the
+/// lifecycle before its splice, connects to the origin anyway. HTTP connections are dropped at
+/// the close; SOCKS5 ones in the handshake or the admission are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socks5_connect_pending_at_shutdown_does_not_dial_after_it() -> anyhow::Result<()> {
+    let canary = proxyd_test_support::Canary::start().await?;
+    let resolver = Arc::new(HeldResolver::default());
+    let toml = network(
+        "allowed_domains = [\"slow.test\"]\nallow_local_binding = true\ndrain_timeout = \"1s\"\n\
+         dns_timeout = \"30s\"",
+    )
+    .replace("enable_socks5 = false", "enable_socks5 = true");
+    let config = proxyd::Config::from_toml_str(&toml, "lib.toml")
+        .map_err(|e| anyhow::anyhow!("invalid test config:\n{e}"))?;
+    let mut handle =
+        start_lib(NetworkProxy::builder().config(config).resolver(resolver.clone())).await?;
+    let socks = handle.get().socks_addr().context("socks5 is enabled")?;
+
+    let mut client = connect(socks).await?;
+    write_all(&mut client, &[5, 1, 0]).await?;
+    let mut method = [0; 2];
+    timeout(BOUND, client.read_exact(&mut method)).await??;
+    ensure!(method == [5, 0], "no-auth refused: {method:?}");
+    let name = b"slow.test";
+    let mut request = vec![5, 1, 0, 3, name.len() as u8];
+    request.extend_from_slice(name);
+    request.extend_from_slice(&canary.addr().port().to_be_bytes());
+    write_all(&mut client, &request).await?;
+    timeout(BOUND, resolver.started.notified()).await.context("the name was never resolved")?;
+
+    let took = handle.shutdown_within(BOUND).await?;
+    ensure!(canary.hits() == 0, "the canary was reached before shutdown returned");
+    resolver.release.notify_one();
+    sleep(Duration::from_millis(500)).await;
+    ensure!(
+        canary.hits() == 0,
+        "shutdown() returned after {took:?}, then the pending SOCKS5 CONNECT dialled the \
+         destination ({} connection(s) at the canary)",
+        canary.hits()
+    );
     Ok(())
 }
