@@ -7,13 +7,12 @@
 //! - a request admitted in full mode whose lease is revoked between the decision and
 //!   `Admission::admit` (a switch to limited while its name resolves) is still sent to the
 //!   origin: nothing checks the lease before `send_request`, and an empty body's
-//!   `is_end_stream` means `Leased` is never polled.
-//!
+//!   `is_end_stream` means `Leased` is never polled (also: a reload that denies the host);
 //! - a Unix socket re-created at the pinned path after its server stopped passes the pin when
-//!   the file system hands out the freed inode number again (ext4 does).
+//!   the file system hands out the freed inode number again (ext4 does);
 //! - one UDP datagram whose route goes stale during its own admission is recorded twice
 //!   (allowed on the old snapshot, then blocked on the new one), though it is sent once or not
-//!   at all.
+//!   at all;
 //! - a SOCKS5 `CONNECT` still resolving when `shutdown()` returns dials its destination after.
 //!
 //! Nothing leaves `127.0.0.0/8`; every wait is bounded.
