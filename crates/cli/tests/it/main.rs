@@ -14,4 +14,5 @@ mod mitm;
 mod process;
 mod regressions;
 mod reload;
+mod review;
 mod support;
