@@ -381,7 +381,9 @@ fn pin_socket(path: &Path) -> Result<(PathBuf, FileId), String> {
     if !meta.file_type().is_socket() {
         return Err("not a unix socket".to_owned());
     }
-    Ok((canonical, FileId { dev: meta.dev(), ino: meta.ino() }))
+    let birth = meta.created().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+    let birth = birth.map(|d| (i64::try_from(d.as_secs()).unwrap_or(i64::MAX), d.subsec_nanos()));
+    Ok((canonical, FileId { dev: meta.dev(), ino: meta.ino(), birth }))
 }
 
 #[cfg(not(unix))]

@@ -88,7 +88,10 @@ async fn open_tunnel(
             Err(refusal) => return respond::refusal(&refusal, &cx),
         },
     };
-    let lease = admission.admit();
+    let lease = match admission.admit() {
+        Ok(lease) => lease,
+        Err(refusal) => return respond::refusal(&refusal, &cx),
+    };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let idle = shared.settings.idle_timeout;
     let guard = track_tunnel(shared, tunnels);

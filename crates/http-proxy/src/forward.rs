@@ -86,7 +86,15 @@ pub(crate) async fn handle(
         };
     // From here on the exchange lives under its lease: a change that refuses it stops the
     // request body and the response body before one more byte moves.
-    let lease = admission.admit();
+    let lease = match admission.admit() {
+        Ok(lease) => lease,
+        Err(refusal) => {
+            let mut response = respond::refusal(&refusal, &cx);
+            // The request body, if any, was not read.
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
+        }
+    };
     let (outgoing, client_upgrade) =
         rewrite_request(req, &url, upgrade, proxy_authorization, &lease);
     let response = match sender.send_request(outgoing).await {

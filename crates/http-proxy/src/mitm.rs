@@ -146,7 +146,7 @@ async fn serve(
     let Some(peer) = admission.attempt().client else { return };
     // The tunnel lives under its lease: a change that refuses the host (a reload that denies
     // it, a switch that disables the proxy) closes it; each request inside has its own.
-    let lease = admission.admit();
+    let Ok(lease) = admission.admit() else { return };
     let target = Arc::new(target);
     let svc_shared = shared.clone();
     let service = service_fn(move |req: Request<Incoming>| {

@@ -197,6 +197,7 @@ impl Engine {
             snapshot,
             attempt,
             inspected,
+            decider_allowed: false,
             unix: None,
             peers: Vec::new(),
             dns_time: None,
@@ -218,6 +219,8 @@ pub struct Admission {
     snapshot: Arc<Snapshot>,
     attempt: Attempt,
     inspected: bool,
+    /// The allowlist missed and the policy decider allowed it: a re-check keeps that answer.
+    decider_allowed: bool,
     unix: Option<UnixSocketRule>,
     /// Every checked address of the target: what a later change re-checks.
     peers: Vec<IpAddr>,
@@ -279,7 +282,10 @@ impl Admission {
             method: attempt.method.clone(),
         };
         match tokio::time::timeout(*timeout, decider.decide(question)).await {
-            Ok(DeciderAnswer::Allow) => consult.allow(),
+            Ok(DeciderAnswer::Allow) => {
+                self.decider_allowed = true;
+                consult.allow()
+            }
             Ok(DeciderAnswer::Deny(reason)) => consult.deny(reason),
             Err(_) => consult.deny("decider_timeout"),
         }
@@ -375,32 +381,56 @@ impl Admission {
     }
 
     /// Settles the attempt as allowed, records it with its timings, and returns the lease the
-    /// exchange lives under from now on.
-    pub fn admit(mut self) -> Lease {
+    /// exchange lives under from now on. When the policy or mode changed since this attempt's
+    /// snapshot and the change refuses it, the attempt is settled as blocked instead and
+    /// nothing may be sent: the listener presents the refusal.
+    pub fn admit(mut self) -> Result<Lease, Refusal> {
+        let facts = self.facts();
+        let lease =
+            Lease::new(&self.engine, facts, self.snapshot.generation, self.attempt.protocol);
+        if let Some(reason) = lease.revoked_reason() {
+            tracing::debug!(target = %self.attempt.target, %reason, "refused by a change made while it was being admitted");
+            let mode = lease.mode();
+            self.settle(Outcome::Blocked(reason.clone()));
+            return Err(Refusal::Blocked { reason, mode });
+        }
         self.settle(Outcome::Allowed);
-        let facts = match self.unix.take() {
+        Ok(lease)
+    }
+
+    fn facts(&mut self) -> Facts {
+        match self.unix.take() {
             Some(rule) => Facts::Unix {
                 rule,
-                method: self.attempt.method.take().unwrap_or_default(),
+                method: self.attempt.method.clone().unwrap_or_default(),
                 side_doors: self.attempt.side_doors,
             },
             None => Facts::Request {
                 protocol: self.attempt.protocol,
                 target: self.attempt.target.clone(),
-                method: self.attempt.method.take(),
+                method: self.attempt.method.clone(),
                 side_doors: self.attempt.side_doors,
                 inspected: self.inspected,
+                decider_allowed: self.decider_allowed,
                 peers: std::mem::take(&mut self.peers),
             },
-        };
-        Lease::new(&self.engine, facts, self.snapshot.generation, self.attempt.protocol)
+        }
     }
 
     /// Settles a datagram route (udp.rs): recorded like any attempt; no lease, since every
-    /// datagram re-checks the route's generation instead.
-    pub(crate) fn admit_datagram(mut self) -> u64 {
+    /// datagram re-checks the route's generation instead. A change made while it was being
+    /// decided is checked here, so the route is valid for the generation it returns.
+    pub(crate) fn admit_datagram(mut self) -> Result<u64, Refusal> {
+        let now = self.engine.snapshot();
+        if now.generation != self.snapshot.generation
+            && let Some(reason) =
+                self.facts().recheck(&now, &self.engine.inner.dialer.own_listeners())
+        {
+            self.settle(Outcome::Blocked(reason.clone()));
+            return Err(Refusal::Blocked { reason, mode: now.mode });
+        }
         self.settle(Outcome::Allowed);
-        self.snapshot.generation
+        Ok(now.generation)
     }
 
     fn dial_refusal(&mut self, error: DialError) -> Refusal {
@@ -443,6 +473,8 @@ pub(crate) enum Facts {
         method: Option<String>,
         side_doors: SideDoors,
         inspected: bool,
+        /// The allowlist missed and the decider allowed: a later allowlist miss keeps it.
+        decider_allowed: bool,
         /// Empty when the egress went through an upstream proxy (it resolved the name).
         peers: Vec<IpAddr>,
     },
@@ -457,12 +489,22 @@ pub(crate) enum Facts {
 }
 
 impl Facts {
-    /// Why `snapshot` would refuse this exchange, if it would. A decider's allow stands for the
-    /// exchange's life (it is not asked again), but the method policy still applies.
+    /// Why `snapshot` would refuse this exchange, if it would. An exchange the decider allowed
+    /// keeps that allow for its life (the decider is not asked again), but the lists, the local
+    /// rules and the method policy of the new snapshot apply; one the allowlist allowed ends when
+    /// the allowlist no longer does.
     pub(crate) fn recheck(&self, snapshot: &Snapshot, own: &[SocketAddr]) -> Option<Reason> {
         let policy = &snapshot.policy;
         match self {
-            Facts::Request { protocol, target, method, side_doors, inspected, peers } => {
+            Facts::Request {
+                protocol,
+                target,
+                method,
+                side_doors,
+                inspected,
+                decider_allowed,
+                peers,
+            } => {
                 let request = Request {
                     protocol: *protocol,
                     target,
@@ -473,7 +515,8 @@ impl Facts {
                 };
                 let decision = match policy.decide(&request) {
                     Verdict::Decided(decision) => decision,
-                    Verdict::Consult(consult) => consult.allow(),
+                    Verdict::Consult(consult) if *decider_allowed => consult.allow(),
+                    Verdict::Consult(consult) => consult.not_allowed(),
                 };
                 if let Decision::Block(reason) = decision {
                     return Some(reason);

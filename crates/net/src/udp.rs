@@ -107,7 +107,7 @@ impl Association {
         let Some(&to) = checked.addrs().first() else {
             return Err(admission.fail(Failure::DnsFailed));
         };
-        let generation = admission.admit_datagram();
+        let generation = admission.admit_datagram()?;
         Ok(UdpRoute { to, generation })
     }
 

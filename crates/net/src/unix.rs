@@ -1,7 +1,7 @@
 //! Opening an allowed Unix socket (SPEC §7.7) without a window between check and connect.
 //!
 //! The policy pinned each `allow_unix_sockets` entry at load: its canonical path and the
-//! device and inode of the socket found there. Here the canonical path is opened `O_PATH`
+//! device, inode and birth time of the socket found there. Here the canonical path is opened `O_PATH`
 //! (which pins the inode for as long as the descriptor lives), the descriptor's inode is
 //! compared with the pinned one, and the connection goes through `/proc/self/fd/N`, so it
 //! reaches exactly the inode that was checked, whatever happens to the path meanwhile. A
@@ -34,7 +34,15 @@ pub(crate) async fn open(rule: &UnixSocketRule) -> Result<UnixStream, OpenError>
     let fd = rustix::fs::open(&rule.canonical, OFlags::PATH | OFlags::CLOEXEC, Mode::empty())
         .map_err(io::Error::from)?;
     let stat = rustix::fs::fstat(&fd).map_err(io::Error::from)?;
-    let found = FileId { dev: stat.st_dev, ino: stat.st_ino };
+    let mut found = FileId { dev: stat.st_dev, ino: stat.st_ino, birth: None };
+    if pinned.birth.is_some() {
+        use rustix::fs::{AtFlags, StatxFlags};
+        let statx = rustix::fs::statx(&fd, "", AtFlags::EMPTY_PATH, StatxFlags::BTIME)
+            .map_err(io::Error::from)?;
+        if statx.stx_mask & StatxFlags::BTIME.bits() != 0 {
+            found.birth = Some((statx.stx_btime.tv_sec, statx.stx_btime.tv_nsec));
+        }
+    }
     if found != pinned {
         tracing::warn!(path = %rule.canonical.display(), "unix socket replaced since the policy was loaded");
         return Err(OpenError::Changed);
@@ -53,7 +61,12 @@ pub(crate) async fn open(rule: &UnixSocketRule) -> Result<UnixStream, OpenError>
     use std::os::unix::fs::MetadataExt as _;
 
     let Some(pinned) = rule.socket else { return Err(OpenError::Changed) };
-    let id = |meta: std::fs::Metadata| FileId { dev: meta.dev(), ino: meta.ino() };
+    let id = |meta: std::fs::Metadata| {
+        let birth = meta.created().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+        let birth =
+            birth.map(|d| (i64::try_from(d.as_secs()).unwrap_or(i64::MAX), d.subsec_nanos()));
+        FileId { dev: meta.dev(), ino: meta.ino(), birth }
+    };
     if id(std::fs::metadata(&rule.canonical)?) != pinned {
         return Err(OpenError::Changed);
     }

@@ -261,12 +261,16 @@ pub struct Policy {
     pub unix_sockets: Vec<UnixSocketRule>,
 }
 
-/// Which file a path named when the policy was loaded (device and inode numbers); this crate
-/// touches no files, so the config loader fills it in and the egress path compares it.
+/// Which file a path named when the policy was loaded: device and inode numbers, and the
+/// file's birth time where the file system records one (inode numbers are reused at once on
+/// some file systems, so a socket re-created at the same path can get the same number). This
+/// crate touches no files: the config loader fills it in and the egress path compares it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FileId {
     pub dev: u64,
     pub ino: u64,
+    /// Seconds and nanoseconds since the Unix epoch; `None` where the file system has none.
+    pub birth: Option<(i64, u32)>,
 }
 
 /// One `allow_unix_sockets` entry, canonicalised once at load.

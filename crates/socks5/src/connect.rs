@@ -44,7 +44,13 @@ pub(crate) async fn handle(
             return;
         }
     };
-    let lease = admission.admit();
+    let lease = match admission.admit() {
+        Ok(lease) => lease,
+        Err(refusal) => {
+            send_reply(&mut client, refusal_reply(&refusal), UNSPECIFIED, limit).await;
+            return;
+        }
+    };
     // Counted before the client hears of it, so a client that saw the reply sees the count.
     let _tunnel = (shared.tunnels.track(), shared.engine.lifecycle().track());
     if !send_reply(&mut client, consts::SOCKS5_REPLY_SUCCEEDED, bound, limit).await {

@@ -70,8 +70,18 @@ impl Socks5Proxy {
     }
 }
 
-/// One client: negotiation and request under one `handshake_timeout`, then the command.
-async fn serve_connection(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
+/// One client until it ends, or until the lifecycle closes: a request still being decided,
+/// resolved or dialled then is dropped with it, and nothing is dialled after shutdown.
+async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+    let closing = shared.engine.lifecycle().closing();
+    tokio::select! {
+        () = handle_connection(&shared, stream, peer) => {}
+        () = closing => tracing::debug!("socks5 connection closed by shutdown"),
+    }
+}
+
+/// Negotiation and request under one `handshake_timeout`, then the command.
+async fn handle_connection(shared: &Shared, mut stream: TcpStream, peer: SocketAddr) {
     let limit = shared.settings.handshake_timeout;
     let deadline = Instant::now() + limit;
     match timeout_at(deadline, wire::negotiate(&mut stream)).await {
@@ -92,11 +102,11 @@ async fn serve_connection(shared: Arc<Shared>, mut stream: TcpStream, peer: Sock
     };
     match request.command {
         Command::Connect => match request.target() {
-            Ok(target) => connect::handle(&shared, stream, peer, target).await,
+            Ok(target) => connect::handle(shared, stream, peer, target).await,
             Err(error) => refuse(&mut stream, &error, limit).await,
         },
         Command::UdpAssociate if shared.settings.enable_udp => {
-            udp::handle(&shared, stream, peer, &request.addr).await;
+            udp::handle(shared, stream, peer, &request.addr).await;
         }
         Command::UdpAssociate => {
             tracing::debug!("udp associate refused: disabled");

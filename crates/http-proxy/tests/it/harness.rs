@@ -610,8 +610,10 @@ pub(crate) async fn refused_port() -> anyhow::Result<u16> {
 fn pin_unix_socket(path: &std::path::Path) -> UnixSocketRule {
     use std::os::unix::fs::MetadataExt as _;
     let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    let socket = std::fs::metadata(&canonical)
-        .ok()
-        .map(|meta| proxyd_policy::FileId { dev: meta.dev(), ino: meta.ino() });
+    let socket = std::fs::metadata(&canonical).ok().map(|meta| {
+        let birth = meta.created().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+        let birth = birth.map(|d| (d.as_secs() as i64, d.subsec_nanos()));
+        proxyd_policy::FileId { dev: meta.dev(), ino: meta.ino(), birth }
+    });
     UnixSocketRule { configured: path.to_path_buf(), canonical, socket }
 }

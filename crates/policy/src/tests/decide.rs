@@ -382,7 +382,7 @@ fn unix_socket_requests() {
     let rule = |configured: &str, canonical: &str, socket: bool| UnixSocketRule {
         configured: configured.into(),
         canonical: canonical.into(),
-        socket: socket.then_some(FileId { dev: 1, ino: 2 }),
+        socket: socket.then_some(FileId { dev: 1, ino: 2, birth: None }),
     };
     let mut p = policy(false);
     p.unix_sockets = vec![
@@ -417,7 +417,7 @@ fn unix_socket_requests() {
     let allowed = rule("/ws/agent.sock", "/ws/agent.sock", true);
     assert!(p.still_allows_unix_socket(&allowed));
     let mut replaced = allowed.clone();
-    replaced.socket = Some(FileId { dev: 1, ino: 3 });
+    replaced.socket = Some(FileId { dev: 1, ino: 3, birth: None });
     assert!(!p.still_allows_unix_socket(&replaced));
     p.enabled = false;
     check(&p, "/ws/agent.sock", "GET", Mode::Full, none, "proxy_disabled");
