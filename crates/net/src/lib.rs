@@ -47,6 +47,7 @@ mod happy_eyeballs;
 mod lookups;
 mod resolve;
 mod splice;
+mod stub;
 mod udp;
 #[cfg(unix)]
 mod unix;

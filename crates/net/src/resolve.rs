@@ -5,18 +5,11 @@
 //! allowlist (SPEC §6 step 7).
 
 use std::collections::HashMap;
-use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Mutex, PoisonError};
-
-use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{
-    ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig,
-    ResolverOpts,
-};
 
 /// A boxed, sendable future (what an object-safe async trait method returns).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -32,7 +25,7 @@ pub trait Resolver: Send + Sync + 'static {
 }
 
 /// The system's resolver configuration, asked only for the exact name that was decided, by
-/// an asynchronous DNS client (hickory-resolver): no lookup parks a thread, so names whose DNS
+/// an asynchronous DNS stub (`stub.rs`, on hickory-proto's wire format): no lookup parks a thread, so names whose DNS
 /// never answers cost a timer and a socket each, not a blocking-pool thread.
 ///
 /// - The hosts file is read first, for an exact match of the name or one of its aliases.
@@ -43,70 +36,30 @@ pub trait Resolver: Send + Sync + 'static {
 /// - No public resolver is ever used as a fallback: without a readable `resolv.conf` (or with
 ///   no nameserver in it) every DNS lookup fails (`dns_failed`), and hosts-file names,
 ///   `localhost` and IP literals still work.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct SystemResolver {
-    dns: Option<TokioResolver>,
+    servers: Vec<SocketAddr>,
 }
 
 impl SystemResolver {
     /// The nameservers of the system's `resolv.conf`.
     pub fn from_system_conf() -> SystemResolver {
-        match hickory_resolver::system_conf::read_system_conf() {
-            Ok((config, options)) => {
-                let (_domain, _search, servers) = config.into_parts();
-                SystemResolver::build(servers, options)
-            }
+        let servers = match std::fs::read_to_string(RESOLV_CONF) {
+            Ok(text) => crate::stub::nameservers(&text),
             Err(error) => {
-                tracing::warn!(%error, "cannot read the system resolver configuration: dns lookups will fail");
-                SystemResolver { dns: None }
+                tracing::warn!(%error, path = RESOLV_CONF, "cannot read the resolver configuration: dns lookups will fail");
+                Vec::new()
             }
-        }
-    }
-
-    /// These nameservers (UDP, then TCP for truncated answers), for tests and embeddings.
-    pub fn with_nameservers(servers: &[SocketAddr]) -> SystemResolver {
-        let servers = servers
-            .iter()
-            .map(|server| {
-                let mut udp = ConnectionConfig::udp();
-                udp.port = server.port();
-                let mut tcp = ConnectionConfig::tcp();
-                tcp.port = server.port();
-                NameServerConfig::new(server.ip(), true, vec![udp, tcp])
-            })
-            .collect();
-        SystemResolver::build(servers, ResolverOpts::default())
-    }
-
-    fn build(servers: Vec<NameServerConfig>, mut options: ResolverOpts) -> SystemResolver {
+        };
         if servers.is_empty() {
-            tracing::warn!("no nameserver configured: dns lookups will fail");
-            return SystemResolver { dns: None };
+            tracing::warn!(path = RESOLV_CONF, "no nameserver configured: dns lookups will fail");
         }
-        // proxyd reads the hosts file itself (exact names only) and bounds every lookup with
-        // `dns_timeout`; names arrive fully qualified, so ndots and search never apply.
-        options.use_hosts_file = ResolveHosts::Never;
-        options.ndots = 0;
-        options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
-        let config = ResolverConfig::from_parts(None, Vec::new(), servers);
-        let builder = hickory_resolver::Resolver::builder_with_config(
-            config,
-            hickory_resolver::net::runtime::TokioRuntimeProvider::default(),
-        )
-        .with_options(options);
-        match builder.build() {
-            Ok(dns) => SystemResolver { dns: Some(dns) },
-            Err(error) => {
-                tracing::warn!(%error, "cannot build the dns client: dns lookups will fail");
-                SystemResolver { dns: None }
-            }
-        }
+        SystemResolver { servers }
     }
-}
 
-impl fmt::Debug for SystemResolver {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SystemResolver").field("dns", &self.dns.is_some()).finish()
+    /// These nameservers, for tests and embeddings.
+    pub fn with_nameservers(servers: &[SocketAddr]) -> SystemResolver {
+        SystemResolver { servers: servers.to_vec() }
     }
 }
 
@@ -119,16 +72,13 @@ impl Resolver for SystemResolver {
                     return Ok(found);
                 }
             }
-            let Some(dns) = &self.dns else {
-                return Err(io::Error::new(io::ErrorKind::NotFound, "no nameserver configured"));
-            };
-            let qualified = format!("{name}.");
-            let answer = dns.lookup_ip(qualified.as_str()).await.map_err(io::Error::other)?;
-            Ok(dedup(answer.iter()))
+            let answer = crate::stub::lookup(&self.servers, &format!("{name}.")).await?;
+            Ok(dedup(answer))
         })
     }
 }
 
+const RESOLV_CONF: &str = "/etc/resolv.conf";
 const HOSTS_FILE: &str = "/etc/hosts";
 
 /// Addresses for `name` in hosts-file text (`ADDRESS NAME [ALIAS...]`, `#` comments), in file
