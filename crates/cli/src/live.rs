@@ -242,7 +242,7 @@ impl Control for Live {
                     Value::Bool(b) => serde_json::Value::Bool(b),
                     Value::Integer(n) => serde_json::Value::from(n),
                     Value::String(s) => serde_json::Value::String(s),
-                    Value::List(list) => serde_json::Value::from(list),
+                    Value::List(list) | Value::Summary(list) => serde_json::Value::from(list),
                     Value::Redacted => serde_json::Value::String("(redacted)".to_owned()),
                     Value::Unset => serde_json::Value::Null,
                 },

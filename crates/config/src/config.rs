@@ -12,6 +12,7 @@ use proxyd_policy::{FileId, ListKind, Mode, PatternSet, Policy, UnixSocketRule};
 use crate::error::{ConfigError, ConfigErrors, ErrorKind};
 use crate::listen::{self, Clamp};
 use crate::provenance::Origin;
+use crate::rules::{CredentialSpec, RuleSpec};
 use crate::sources::{self, Sources};
 
 /// A validated configuration: every value typed and checked, listener addresses clamped,
@@ -62,6 +63,10 @@ pub struct Config {
     /// Where the interception CA's certificate is written; `$CODEX_HOME/proxy` by default
     /// (`CODEX_HOME` defaults to `~/.codex`). `None` when neither variable is set.
     pub ca_dir: Option<PathBuf>,
+    /// `[[network.rules]]`: request rules inside HTTP and HTTPS, in order (secrets read).
+    pub rules: Vec<RuleSpec>,
+    /// `[[network.credentials]]`: tokens `proxyd exec` brokers (secrets read).
+    pub credentials: Vec<CredentialSpec>,
     /// What was adjusted rather than refused (listener clamping), for the caller to log.
     pub warnings: Vec<String>,
     /// The keys set by some source; the others are defaults.
@@ -124,6 +129,8 @@ impl Default for Config {
             warnings: Vec::new(),
             origins: BTreeMap::new(),
             compiled: Compiled::default(),
+            rules: Vec::new(),
+            credentials: Vec::new(),
         }
     }
 }
@@ -219,6 +226,7 @@ impl Config {
             errors.push(ConfigError::new(self.origin("mitm").location(), kind));
         }
         self.clamp_listeners();
+        self.read_secrets(&mut errors);
         let allowed = PatternSet::compile(&self.allowed_domains, ListKind::Allowed);
         let denied = PatternSet::compile(&self.denied_domains, ListKind::Denied);
         // Every entry was checked where it was written, so these fail only if the policy
@@ -303,6 +311,31 @@ impl Config {
         };
         let unix_sockets = !self.allow_unix_sockets.is_empty();
         listen::clamp(key, addr, Clamp { flag, flag_set, unix_sockets })
+    }
+
+    /// Reads every rule's and credential's secret now (at start and at every reload), so a
+    /// missing one is a config error naming its source, not a failure at the first request.
+    fn read_secrets(&mut self, errors: &mut Vec<ConfigError>) {
+        let mut failures = Vec::new();
+        for rule in &mut self.rules {
+            if let Some(inject) = &mut rule.inject {
+                match crate::rules::read_secret(&inject.source) {
+                    Ok(secret) => inject.secret = Some(secret),
+                    Err(why) => failures.push(("rules", format!("rule {:?}: {why}", rule.name))),
+                }
+            }
+        }
+        for credential in &mut self.credentials {
+            match crate::rules::read_secret(&credential.source) {
+                Ok(secret) => credential.secret = Some(secret),
+                Err(why) => failures
+                    .push(("credentials", format!("credential {:?}: {why}", credential.name))),
+            }
+        }
+        for (key, reason) in failures {
+            let kind = ErrorKind::Invalid { key, reason };
+            errors.push(ConfigError::new(self.origin(key).location(), kind));
+        }
     }
 
     fn clamp_listeners(&mut self) {

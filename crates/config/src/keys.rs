@@ -53,6 +53,10 @@ pub(crate) const KEYS: &[(&str, Apply)] = &[
     ("admin_token_file", |c, i| set(&mut c.admin_token_file, i.optional_path())),
     ("mitm", |c, i| set(&mut c.mitm, i.bool())),
     ("ca_dir", |c, i| set(&mut c.ca_dir, i.dir().map(Some))),
+    ("rules", |c, i| set(&mut c.rules, crate::rules::parse_rules(i.value, i.src))),
+    ("credentials", |c, i| {
+        set(&mut c.credentials, crate::rules::parse_credentials(i.value, i.src))
+    }),
 ];
 
 /// Upper bounds that catch typos (an extra digit or three) before they become memory use.

@@ -11,16 +11,21 @@
 //!
 //! It must not bind sockets, resolve names, print, log or exit: warnings and errors are
 //! returned as data and the caller decides what to do with them. It reads files only while
-//! loading (config files and `admin_token_file`).
+//! loading (config files, `admin_token_file`, and the secrets of `[[network.rules]]` and
+//! `[[network.credentials]]`, which it keeps out of `Debug` and `/config`).
 
 mod config;
 mod error;
 mod keys;
 mod listen;
 mod provenance;
+mod rules;
 mod sources;
 
 pub use config::{AdminToken, Config};
 pub use error::{ConfigError, ConfigErrors, ErrorKind, Location};
 pub use provenance::{Origin, Setting, Value};
+pub use rules::{
+    CredentialSpec, HeaderSpec, InjectSpec, QuerySpec, RuleAction, RuleSpec, Secret, SecretSource,
+};
 pub use sources::{SYSTEM_CONFIG, Sources};

@@ -50,6 +50,9 @@ pub enum Value {
     List(Vec<String>),
     /// A secret that is set; its value is never shown.
     Redacted,
+    /// Structured entries (`[[network.rules]]`), summarised; rendered as a comment, since the
+    /// tables themselves do not fit on one line.
+    Summary(Vec<String>),
     /// An optional key that is not set.
     Unset,
 }
@@ -72,6 +75,7 @@ impl fmt::Display for Value {
                 f.write_str("]")
             }
             Value::Redacted => f.write_str("(redacted)"),
+            Value::Summary(entries) => write!(f, "{}", entries.join(", ")),
             Value::Unset => f.write_str("(not set)"),
         }
     }
@@ -151,6 +155,21 @@ impl Config {
             ("admin_token_file", token_file),
             ("mitm", Value::Bool(self.mitm)),
             ("ca_dir", self.ca_dir.as_ref().map_or(Value::Unset, |dir| path(dir))),
+            (
+                "rules",
+                Value::Summary(
+                    self.rules
+                        .iter()
+                        .map(|r| format!("{} ({} {:?})", r.name, r.host, r.action).to_lowercase())
+                        .collect(),
+                ),
+            ),
+            (
+                "credentials",
+                Value::Summary(
+                    self.credentials.iter().map(|c| format!("{} ({})", c.name, c.env)).collect(),
+                ),
+            ),
         ];
         values
             .into_iter()
@@ -166,6 +185,12 @@ impl Config {
         for Setting { key, value, origin } in self.settings() {
             let line = match value {
                 Value::Redacted | Value::Unset => format!("# {key} = {value}  # {origin}\n"),
+                Value::Summary(entries) if entries.is_empty() => {
+                    format!("# {key}: none  # {origin}\n")
+                }
+                Value::Summary(entries) => {
+                    format!("# {key}: {}  # {origin}\n", entries.join(", "))
+                }
                 value => format!("{key} = {value}  # {origin}\n"),
             };
             out.push_str(&line);

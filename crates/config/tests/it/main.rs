@@ -5,4 +5,5 @@ mod keys;
 mod layering;
 mod listeners;
 mod provenance;
+mod rules;
 mod support;
