@@ -81,6 +81,27 @@ pub fn ca_env(bundle: &Path) -> Vec<(String, String)> {
 }
 
 /// Quotes a command line for display and for the decider's `command` (POSIX shell style).
+/// A placeholder of the same shape as a real token: the same length, the same prefix up to and
+/// including the last `_` or `-` within its first 12 characters (`ghp_`, `github_pat_`,
+/// `sk-`, `xoxb-`), and random letters and digits for the rest, so a tool that checks a
+/// token's format accepts it. `random` yields random bytes.
+pub fn placeholder(real: &str, mut random: impl FnMut() -> u8) -> String {
+    const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let head: String = real.chars().take(12).collect();
+    let prefix_len = head.rfind(['_', '-']).map_or(0, |i| i + 1);
+    let prefix = &real[..prefix_len];
+    let rest = real.chars().count().saturating_sub(prefix.chars().count()).max(16);
+    let mut out = String::from(prefix);
+    while out.len() < prefix.len() + rest {
+        // Rejection sampling keeps every character equally likely.
+        let byte = random();
+        if usize::from(byte) < 256 - 256 % ALNUM.len() {
+            out.push(char::from(ALNUM[usize::from(byte) % ALNUM.len()]));
+        }
+    }
+    out
+}
+
 pub fn shell_join(args: &[String]) -> String {
     args.iter()
         .map(|arg| {
@@ -124,6 +145,26 @@ pub fn blocked_summary(entries: &[BlockedEntry], total: u64) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn placeholders_keep_the_shape_of_the_token() {
+        let mut n = 0u8;
+        let mut random = || {
+            n = n.wrapping_add(37);
+            n
+        };
+        let gh = placeholder("ghp_abcdefghijklmnopqrstuvwxyz0123456789", &mut random);
+        assert!(gh.starts_with("ghp_") && gh.len() == 40, "{gh}");
+        assert_ne!(gh, "ghp_abcdefghijklmnopqrstuvwxyz0123456789");
+        let pat = placeholder("github_pat_11ABCDEFG0123456789", &mut random);
+        assert!(pat.starts_with("github_pat_") && pat.len() == 30, "{pat}");
+        let sk = placeholder("sk-proj-abcdefghijklmnop", &mut random);
+        assert!(sk.starts_with("sk-proj-") && sk.len() == 24, "{sk}");
+        // Short or prefix-less tokens still get 16 random characters.
+        let short = placeholder("abc", &mut random);
+        assert_eq!(short.len(), 16);
+        assert!(short.bytes().all(|b| b.is_ascii_alphanumeric()));
+    }
 
     #[test]
     fn environment_for_children() {

@@ -195,6 +195,11 @@ async fn serve(sources: Sources, config: Config, sighup_reload: bool) -> anyhow:
     for why in proxyd::untrusted_config_files(&sources) {
         tracing::warn!("{why}; reloads are refused until it is fixed");
     }
+    if !config.credentials.is_empty() {
+        tracing::warn!(
+            "network.credentials are brokered by `proxyd exec` only: a long-running proxyd ignores them"
+        );
+    }
     let ca_dir = config.ca_dir.clone();
     let proxy = NetworkProxy::builder().config(config).sources(sources).build().await?;
     // Clients of a long-running proxyd read the CA here; it changes at every start.
@@ -235,8 +240,10 @@ async fn exec(config: Config, command: Vec<String>) -> anyhow::Result<ExitCode> 
     let loopback: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
     let allow_local_binding = config.allow_local_binding;
     let ca_dir = config.ca_dir.clone();
+    let (broker, credential_env) = brokered_credentials(&config)?;
     let proxy = NetworkProxy::builder()
         .config(config)
+        .broker(broker)
         .http_addr(loopback)
         .socks_addr(loopback)
         .without_admin()
@@ -259,6 +266,7 @@ async fn exec(config: Config, command: Vec<String>) -> anyhow::Result<ExitCode> 
         std::env::var(k).ok()
     });
     env.extend(bundle.as_deref().map(proxyd::exec::ca_env).unwrap_or_default());
+    env.extend(credential_env);
     let spawned = tokio::process::Command::new(&command[0])
         .args(&command[1..])
         .envs(env)
@@ -286,6 +294,37 @@ async fn exec(config: Config, command: Vec<String>) -> anyhow::Result<ExitCode> 
         }
     };
     Ok(ExitCode::from(code))
+}
+
+/// The placeholders `proxyd exec` gives the command for `[[network.credentials]]`, and the
+/// broker that swaps them for the real tokens on their way to the bound hosts.
+fn brokered_credentials(
+    config: &Config,
+) -> anyhow::Result<(proxyd::Broker, Vec<(String, String)>)> {
+    let mut credentials = Vec::new();
+    let mut env = Vec::new();
+    for c in &config.credentials {
+        let Some(secret) = &c.secret else { continue };
+        let mut random = [0u8; 64];
+        let mut pool = Vec::new();
+        let placeholder = proxyd::exec::placeholder(secret.expose(), || {
+            if pool.is_empty() {
+                let _ = rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty());
+                pool.extend_from_slice(&random);
+            }
+            pool.pop().unwrap_or(0)
+        });
+        env.push((c.env.clone(), placeholder.clone()));
+        credentials.push(proxyd::Credential {
+            name: c.name.clone(),
+            placeholder,
+            real: secret.expose().to_owned(),
+            hosts: c.hosts.clone(),
+            allow_plain_http: c.dangerously_allow_plain_http,
+        });
+    }
+    let broker = proxyd::Broker::new(credentials).map_err(|why| anyhow::anyhow!(why))?;
+    Ok((broker, env))
 }
 
 /// Waits for `proxyd exec`'s child, ignoring SIGHUP (the confined command can send it: it

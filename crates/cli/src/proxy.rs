@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use proxyd_admin::{AdminServer, BlockedEntry, ReloadError};
 use proxyd_config::{Config, ConfigErrors, Sources};
-use proxyd_http_proxy::{CaError, CaScope, HttpProxy, InterceptCa, UpstreamProxies};
+use proxyd_http_proxy::{Broker, CaError, CaScope, HttpProxy, InterceptCa, UpstreamProxies};
 use proxyd_net::{Dialer, Engine, Lifecycle, Resolver, SystemResolver};
 use proxyd_policy::Mode;
 use proxyd_socks5::Socks5Proxy;
@@ -32,6 +32,7 @@ pub struct NetworkProxyBuilder {
     command: Option<String>,
     exec_policy_hint: Option<String>,
     extra_ca_file: Option<PathBuf>,
+    broker: Option<Broker>,
 }
 
 impl NetworkProxyBuilder {
@@ -108,6 +109,14 @@ impl NetworkProxyBuilder {
         self
     }
 
+    /// Brokered credentials (`proxyd exec`): placeholders swapped for real tokens on their way
+    /// to the hosts each is bound to, over TLS only. A `CONNECT` to a bound host is then
+    /// intercepted in every mode, so the proxy is given an interception CA.
+    pub fn broker(mut self, broker: Broker) -> Self {
+        self.broker = Some(broker);
+        self
+    }
+
     /// Trusts the PEM certificates in this file, in addition to the system roots, when proxyd
     /// originates TLS. Defaults to the file named by `SSL_CERT_FILE`.
     pub fn extra_ca_file(mut self, path: PathBuf) -> Self {
@@ -163,7 +172,8 @@ impl NetworkProxyBuilder {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         // Made whatever the mode, as the mode can switch to limited at runtime. The name
         // constraints follow the allowlist, unless a decider may allow names beyond it.
-        let ca = match config.mitm {
+        let broker = self.broker.filter(|b| !b.is_empty()).map(Arc::new);
+        let ca = match config.mitm || broker.is_some() {
             true => {
                 let scope = match self.decider.is_some() {
                     true => CaScope::Everything,
@@ -205,6 +215,7 @@ impl NetworkProxyBuilder {
                 tls: Arc::new(tls),
                 upstream,
                 mitm: ca.clone(),
+                broker,
             },
         );
         live.add_listener("http", http.1, http_proxy.connections());

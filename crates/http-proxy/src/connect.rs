@@ -53,7 +53,8 @@ async fn open_tunnel(
     let attempt = Attempt::new(Protocol::HttpConnect, target.clone(), Some(peer))
         .method("CONNECT")
         .side_doors(side_doors)
-        .inspectable(shared.settings.mitm.is_some());
+        .inspectable(shared.settings.mitm.is_some())
+        .must_inspect(shared.settings.broker.as_ref().is_some_and(|b| b.binds(&target)));
     let cx = Blocked {
         target: &target,
         protocol: Protocol::HttpConnect.as_str(),

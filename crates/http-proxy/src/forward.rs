@@ -95,8 +95,14 @@ pub(crate) async fn handle(
             return response;
         }
     };
-    let (outgoing, client_upgrade) =
+    let (mut outgoing, client_upgrade) =
         rewrite_request(req, &url, upgrade, proxy_authorization, &lease);
+    if let Some(broker) = &shared.settings.broker {
+        let used = broker.apply(&url.target, url.scheme == Scheme::Https, outgoing.headers_mut());
+        if !used.is_empty() {
+            tracing::debug!(credentials = ?used, "brokered credentials swapped in");
+        }
+    }
     let response = match sender.send_request(outgoing).await {
         Ok(response) => response,
         Err(err) => {

@@ -12,6 +12,7 @@
 //!   from `ca` (the in-memory interception CA and its bounded leaf cache), every request
 //!   inside decided again and forwarded like an `https://` request;
 //! - `headers`: hop-by-hop removal, `Via`, limited-mode side doors;
+//! - `broker`: brokered credentials, swapped in request headers on their way to bound hosts;
 //! - `idle`: the idle clock of keep-alive client connections;
 //! - `leased`: request and response bodies that stop the moment their lease is revoked;
 //! - `respond`: blocked and error responses (SPEC §6.1);
@@ -22,6 +23,7 @@
 //! (TCP, upstream proxy, Unix socket) through the admission it returns. It maps refusals to
 //! status codes and `x-proxy-error` (`respond`). It installs no global state.
 
+mod broker;
 mod ca;
 mod connect;
 mod forward;
@@ -41,6 +43,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 
+pub use broker::{Broker, Credential};
 pub use ca::{CaError, CaScope, InterceptCa, LEAF_CACHE_SIZE};
 pub use server::HttpProxy;
 pub use tls::client_config;
@@ -59,7 +62,10 @@ pub struct Settings {
     pub tls: std::sync::Arc<rustls::ClientConfig>,
     /// Upstream proxies from proxyd's environment (empty when `allow_upstream_proxy = false`).
     pub upstream: UpstreamProxies,
-    /// `mitm = true`: the CA that terminates `CONNECT` tunnels in limited mode. `None` keeps
-    /// limited mode refusing every `CONNECT` (SPEC §6.2).
+    /// The CA that terminates `CONNECT` tunnels where interception is needed: in limited mode
+    /// with `mitm = true`, and in every mode for hosts with request rules or brokered
+    /// credentials. `None` keeps limited mode refusing every `CONNECT` (SPEC §6.2).
     pub mitm: Option<std::sync::Arc<InterceptCa>>,
+    /// `proxyd exec`'s brokered credentials.
+    pub broker: Option<std::sync::Arc<Broker>>,
 }

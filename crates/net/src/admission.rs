@@ -39,9 +39,12 @@ pub struct Attempt {
     pub method: Option<String>,
     pub client: Option<SocketAddr>,
     pub side_doors: SideDoors,
-    /// A `CONNECT` the listener can terminate and decide request by request (`mitm`): in
-    /// limited mode it is admitted as inspected ([`Admission::inspected`]).
+    /// A `CONNECT` the listener can terminate and decide request by request (it has the
+    /// interception CA): in limited mode it is admitted as inspected ([`Admission::inspected`]).
     pub inspectable: bool,
+    /// The listener must see inside this `CONNECT` in every mode (its host has brokered
+    /// credentials): admitted as inspected whenever `inspectable`.
+    pub must_inspect: bool,
     /// The `x-unix-socket` path: the request goes to that socket, not to `target`.
     pub unix_socket: Option<String>,
 }
@@ -55,8 +58,14 @@ impl Attempt {
             client,
             side_doors: SideDoors::default(),
             inspectable: false,
+            must_inspect: false,
             unix_socket: None,
         }
+    }
+
+    pub fn must_inspect(mut self, must: bool) -> Attempt {
+        self.must_inspect = must;
+        self
     }
 
     pub fn method(mut self, method: &str) -> Attempt {
@@ -191,7 +200,7 @@ impl Engine {
         let snapshot = self.snapshot();
         let inspected = attempt.inspectable
             && attempt.protocol == Protocol::HttpConnect
-            && snapshot.mode == Mode::Limited;
+            && (snapshot.mode == Mode::Limited || attempt.must_inspect);
         let mut admission = Admission {
             engine: self.clone(),
             snapshot,

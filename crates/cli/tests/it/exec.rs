@@ -182,3 +182,64 @@ async fn sighup_from_the_command_cannot_lift_the_policy() -> anyhow::Result<()> 
     ensure!(origin.hits() == 0, "{run:?}");
     Ok(())
 }
+
+/// Issue 12: a brokered credential. The command is given a placeholder in `GITHUB_TOKEN`; the
+/// origin it is bound to (over TLS, intercepted in full mode) receives the real token; another
+/// host receives the placeholder; the command itself never sees the real value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_brokered_token_reaches_only_its_host_and_the_command_never_sees_it() -> anyhow::Result<()>
+{
+    let ca = proxyd_test_support::TestCa::new()?;
+    let bound = proxyd_test_support::TlsOrigin::start(&ca, &["api.localhost"]).await?;
+    let other = proxyd_test_support::TlsOrigin::start(&ca, &["other.localhost"]).await?;
+    let dir = temp_dir("proxyd-exec-broker")?;
+    let ca_file = ca.write_pem(dir.path())?;
+    let config = dir.join("config.toml");
+    let real = "ghp_RealTokenValue0123456789abcdefghij";
+    write(
+        &config,
+        "[network]\nallowed_domains = [\"api.localhost\", \"other.localhost\"]\n\
+         [[network.credentials]]\nname = \"github\"\nenv = \"GITHUB_TOKEN\"\n\
+         hosts = [\"api.localhost\"]\nsecret_env = \"REAL_GITHUB_TOKEN\"\n",
+    )?;
+    let script = format!(
+        "echo \"child sees: $GITHUB_TOKEN\"; \
+         {CURL} -sS -o /dev/null -w '%{{http_code}}\\n' -H \"Authorization: Bearer $GITHUB_TOKEN\" https://api.localhost:{}/repos; \
+         {CURL} -sS -o /dev/null -w '%{{http_code}}\\n' -H \"Authorization: Bearer $GITHUB_TOKEN\" https://other.localhost:{}/",
+        bound.addr().port(),
+        other.addr().port()
+    );
+    let output = Command::new(PROXYD)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("CODEX_HOME", dir.path())
+        .env("SSL_CERT_FILE", &ca_file)
+        .env("REAL_GITHUB_TOKEN", real)
+        .args(["exec", "--config"])
+        .arg(&config)
+        .args(["--", "/bin/sh", "-c", &script])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = timeout(BOUND + BOUND, output).await.context("exec did not exit")??;
+    let run = Exec { output, _dir: dir };
+    ensure!(run.code() == Some(0), "{run:?}");
+    let stdout = run.stdout();
+    ensure!(stdout.ends_with("200\n200\n"), "{run:?}");
+    ensure!(!stdout.contains(real), "the command saw the real token: {run:?}");
+    let seen = stdout.lines().next().and_then(|l| l.strip_prefix("child sees: ")).unwrap_or("");
+    ensure!(seen.starts_with("ghp_") && seen.len() == real.len(), "placeholder shape: {seen:?}");
+    let at_bound = bound.requests();
+    ensure!(
+        at_bound.len() == 1
+            && at_bound[0].header("authorization") == Some(&format!("Bearer {real}")[..]),
+        "the bound host did not get the real token: {at_bound:?}"
+    );
+    let at_other = other.requests();
+    ensure!(
+        at_other.len() == 1
+            && at_other[0].header("authorization") == Some(&format!("Bearer {seen}")[..]),
+        "the unbound host must get the placeholder: {at_other:?}"
+    );
+    Ok(())
+}

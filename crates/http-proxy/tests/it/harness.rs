@@ -215,6 +215,7 @@ impl Builder {
             tls: Arc::new(tls),
             upstream,
             mitm: ca.clone(),
+            broker: None,
         };
         let server = HttpProxy::new(engine.clone(), settings);
         let serve = tokio::spawn(async move { server.serve(listener).await });
