@@ -151,6 +151,11 @@ pub enum Reason {
     UnixSocketChanged,
     /// A deny from the policy decider, with its own reason.
     Decider(Box<str>),
+    /// A request to a host with request rules ([`crate::rules`]) that a deny rule matched, or
+    /// that no rule allowed. Holds the name of the deny rule; empty for the default deny, so
+    /// the message can say which of the two it was. The code is the same for both: the rule
+    /// name is for logs, not for clients to branch on.
+    RuleDenied(Box<str>),
 }
 
 impl Reason {
@@ -166,6 +171,7 @@ impl Reason {
             Reason::SniMismatch => "sni_mismatch",
             Reason::UnixSocketChanged => "unix_socket_changed",
             Reason::Decider(reason) => reason,
+            Reason::RuleDenied(_) => "rule_denied",
         }
     }
 
@@ -183,6 +189,8 @@ impl Reason {
                 "The Unix socket changed since the policy was loaded; reload to allow the new one."
             }
             Reason::Decider(_) => "Blocked by the policy decider.",
+            Reason::RuleDenied(rule) if rule.is_empty() => "No request rule allows this request.",
+            Reason::RuleDenied(_) => "Blocked by a request rule.",
         }
     }
 }

@@ -6,7 +6,9 @@
 //! - [`pattern`] and [`pattern_set`]: the `allowed_domains`/`denied_domains` grammar and its
 //!   compiled, constant-cost form (SPEC §4);
 //! - [`local`]: the local/private address classifier (SPEC §5.1);
-//! - [`decision`]: the decision procedure and its reasons (SPEC §6).
+//! - [`decision`]: the decision procedure and its reasons (SPEC §6);
+//! - [`rules`]: request rules by method, path, query and headers, for hosts whose requests
+//!   proxyd reads, and the path normal form they match.
 //!
 //! It must not know about tokio, sockets, DNS, files, clocks or serde: resolved addresses and
 //! the current mode arrive as arguments, so every rule is testable as a plain function call.
@@ -16,6 +18,7 @@ pub mod decision;
 pub mod local;
 pub mod pattern;
 pub mod pattern_set;
+pub mod rules;
 pub mod target;
 
 pub use decision::{
@@ -25,6 +28,10 @@ pub use decision::{
 pub use local::{embedded_v4, is_local};
 pub use pattern::{ListKind, Pattern, PatternError, PatternErrorKind, Subtree};
 pub use pattern_set::{MatchKind, PatternSet};
+pub use rules::{
+    HeaderMatcher, HeaderTest, Injection, PathError, PathPattern, QueryMatcher, QueryTest,
+    RequestFacts, Rule, RuleAction, RuleError, RuleErrorKind, RuleSet, RuleVerdict, normalize_path,
+};
 pub use target::{AbsoluteUrl, Host, Scheme, Target, TargetError};
 
 #[cfg(test)]

@@ -356,8 +356,9 @@ impl Glob {
 }
 
 /// In-label wildcard matching: `*` is zero or more characters, `?` exactly one, never a dot
-/// (labels are matched one by one, so there is no dot to cross).
-fn label_matches(pattern: &[u8], label: &[u8]) -> bool {
+/// (labels are matched one by one, so there is no dot to cross). Path patterns reuse it for
+/// segments ([`crate::rules`]), which hold no `?`: it is refused in a path.
+pub(crate) fn label_matches(pattern: &[u8], label: &[u8]) -> bool {
     let (mut p, mut l) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while l < label.len() {

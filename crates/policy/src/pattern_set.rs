@@ -77,7 +77,7 @@ impl PatternSet {
         }
     }
 
-    fn insert(&mut self, pattern: Pattern) {
+    pub(crate) fn insert(&mut self, pattern: Pattern) {
         let port = pattern.port;
         match &pattern.host {
             HostPattern::Any => self.any.add(port),

@@ -368,6 +368,8 @@ fn every_reason_has_a_code_and_a_message() {
         Reason::SniMismatch,
         Reason::UnixSocketChanged,
         Reason::Decider("x".into()),
+        Reason::RuleDenied("x".into()),
+        Reason::RuleDenied("".into()),
         Reason::ProxyDisabled,
     ];
     for reason in all {
@@ -375,6 +377,9 @@ fn every_reason_has_a_code_and_a_message() {
         assert!(!reason.message().is_empty(), "{reason}");
     }
     assert_eq!(Reason::NotAllowed.message(), "Domain not in allowlist.");
+    assert_eq!(Reason::RuleDenied("x".into()).code(), "rule_denied");
+    assert_eq!(Reason::RuleDenied("x".into()).message(), "Blocked by a request rule.");
+    assert_eq!(Reason::RuleDenied("".into()).message(), "No request rule allows this request.");
 }
 
 #[test]

@@ -4,4 +4,5 @@ mod decide;
 mod local;
 mod patterns;
 mod props;
+mod rules;
 mod target;

@@ -5,6 +5,7 @@ use proptest::prelude::*;
 use crate::decision::{Decision, Mode, Policy, Protocol, Reason, Request, SideDoors, Verdict};
 use crate::pattern::ListKind;
 use crate::pattern_set::PatternSet;
+use crate::rules::{PathPattern, normalize_path};
 use crate::target::{Host, Target, is_name_char};
 
 /// Host-ish strings: mostly plausible names and addresses, with hostile characters mixed in.
@@ -35,6 +36,22 @@ fn protocol() -> impl Strategy<Value = Protocol> {
         Just(Protocol::Socks5Udp),
         Just(Protocol::UnixSocket),
     ]
+}
+
+/// Path-ish strings: segments of plausible characters, dots, escapes (some of dots, slashes
+/// and percent signs) and hostile bytes.
+fn pathish() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        Just("/".to_owned()),
+        Just(".".to_owned()),
+        Just("..".to_owned()),
+        Just(";".to_owned()),
+        "%(2[eEfF5]|5[cC]|25|[0-9a-fA-F]{2}|[g-z]{0,2})",
+        "[a-zA-Z0-9._~:@!$&'()*+,={}|^\\\\ \\t\u{0}é-]{1,4}",
+    ];
+    (prop::collection::vec(piece, 0..12), any::<bool>()).prop_map(|(pieces, rooted)| {
+        format!("{}{}", if rooted { "/" } else { "" }, pieces.concat())
+    })
 }
 
 proptest! {
@@ -90,5 +107,26 @@ proptest! {
         let Ok(target) = Target::parse_authority(&input, Some(443)) else { return Ok(()) };
         let set = PatternSet::compile(&[target.host.to_string()], ListKind::Allowed).expect("compiles");
         prop_assert!(set.matches(&target).is_some());
+    }
+
+    #[test]
+    fn normal_paths_are_fixed_points_without_dot_segments(input in pathish()) {
+        if let Ok(path) = normalize_path(&input) {
+            let again = normalize_path(&path);
+            prop_assert_eq!(again.as_ref(), Ok(&path), "{:?}", input);
+            prop_assert!(path.starts_with('/') && !path.contains("//"), "{:?}", path);
+            for segment in path[1..].split('/') {
+                let base = segment.split(';').next().unwrap_or(segment);
+                prop_assert!(base != "." && base != "..", "{:?} from {:?}", path, input);
+            }
+            // Nothing that still decodes to a dot, a slash or a backslash is left encoded.
+            let upper = path.to_ascii_uppercase();
+            prop_assert!(!["%2E", "%2F", "%5C"].iter().any(|e| upper.contains(e)), "{:?}", path);
+            // A normal path without `*` is a pattern that matches itself.
+            if !path.contains('*') {
+                let pattern = PathPattern::parse(&path).expect("a normal path is a pattern");
+                prop_assert!(pattern.matches(&path), "{:?}", path);
+            }
+        }
     }
 }

@@ -1,0 +1,505 @@
+//! Request rules: the path normal form, path patterns, and rule evaluation.
+
+use crate::decision::Reason;
+use crate::pattern::{ListKind, Pattern};
+use crate::rules::{
+    HeaderMatcher, HeaderTest, Injection, PathError as P, PathPattern, QueryMatcher, QueryTest,
+    RequestFacts, Rule, RuleAction, RuleErrorKind as K, RuleSet, RuleVerdict, normalize_path,
+};
+use crate::target::Target;
+
+/// Normalises `raw`; `Ok` holds the normal form.
+#[track_caller]
+fn check_path(raw: &str, expected: Result<&str, P>) {
+    assert_eq!(normalize_path(raw).as_deref().map_err(|e| *e), expected, "path {raw:?}");
+}
+
+#[test]
+fn accepted_paths_and_their_normal_form() {
+    check_path("/", Ok("/"));
+    check_path("/a", Ok("/a"));
+    check_path("/a/b/c", Ok("/a/b/c"));
+    check_path("/a/", Ok("/a/")); // trailing slash kept
+    check_path("/a/b/", Ok("/a/b/"));
+    check_path("/%7E", Ok("/~"));
+    check_path("/%7e", Ok("/~"));
+    check_path("/%41", Ok("/A"));
+    check_path("/%61%62c", Ok("/abc"));
+    check_path("/%2D%2e%5F", Ok("/-._")); // `.` decoded, but inside a longer segment
+    check_path("/%3a", Ok("/%3A")); // reserved: hex case normalised, stays encoded
+    check_path("/%3A", Ok("/%3A"));
+    check_path("/a%20b", Ok("/a%20b"));
+    check_path("/%c3%a9", Ok("/%C3%A9"));
+    check_path("/%25", Ok("/%25"));
+    check_path("/%252e", Ok("/%252e")); // decoded once: the literal text `%2e`
+    check_path("/%252E%252E", Ok("/%252E%252E"));
+    check_path("/%25%32%65", Ok("/%252e")); // `%25` stays, `%32%65` is `2e`: never a dot
+    check_path("/...", Ok("/..."));
+    check_path("/.a/..b/b..", Ok("/.a/..b/b.."));
+    check_path("/.well-known/x", Ok("/.well-known/x"));
+    check_path("/a:b@c!$&'()*+,;=", Ok("/a:b@c!$&'()*+,;="));
+    check_path("/a;jsessionid=1", Ok("/a;jsessionid=1"));
+    check_path("/;x", Ok("/;x"));
+    check_path("/a{b}|c^", Ok("/a%7Bb%7D%7Cc%5E")); // not allowed raw: encoded
+    check_path("/\"<>`[]", Ok("/%22%3C%3E%60%5B%5D"));
+    check_path("/%7B", Ok("/%7B"));
+    check_path("/repos/our-org/x", Ok("/repos/our-org/x"));
+}
+
+#[test]
+fn refused_paths() {
+    check_path("", Err(P::NotAbsolute));
+    check_path("a/b", Err(P::NotAbsolute));
+    check_path("*", Err(P::NotAbsolute));
+    check_path("%2F", Err(P::NotAbsolute));
+    check_path("/.", Err(P::DotSegment));
+    check_path("/..", Err(P::DotSegment));
+    check_path("/a/./b", Err(P::DotSegment));
+    check_path("/a/../b", Err(P::DotSegment));
+    check_path("/a/..", Err(P::DotSegment));
+    check_path("/a/../", Err(P::DotSegment));
+    check_path("/%2e", Err(P::DotSegment));
+    check_path("/%2E", Err(P::DotSegment));
+    check_path("/a/%2e%2e/b", Err(P::DotSegment));
+    check_path("/a/%2E%2E", Err(P::DotSegment));
+    check_path("/a/.%2E/b", Err(P::DotSegment));
+    check_path("/a/%2e./b", Err(P::DotSegment));
+    check_path("/a/..;/b", Err(P::DotSegment)); // Tomcat strips `;…` and sees `..`
+    check_path("/a/.;x=1", Err(P::DotSegment));
+    check_path("//", Err(P::EmptySegment));
+    check_path("//evil.example/x", Err(P::EmptySegment));
+    check_path("/a//b", Err(P::EmptySegment));
+    check_path("/a/b//", Err(P::EmptySegment));
+    check_path("/a/;x/b", Err(P::EmptySegment));
+    check_path("/a%2fb", Err(P::EncodedSlash));
+    check_path("/a%2Fb", Err(P::EncodedSlash));
+    check_path("/a/%2F/b", Err(P::EncodedSlash));
+    check_path("/a\\b", Err(P::Backslash));
+    check_path("/a/..\\b", Err(P::Backslash));
+    check_path("/a%5cb", Err(P::Backslash));
+    check_path("/a%5C..%5Cb", Err(P::Backslash));
+    check_path("/%", Err(P::MalformedEscape));
+    check_path("/%2", Err(P::MalformedEscape));
+    check_path("/a%", Err(P::MalformedEscape));
+    check_path("/%zz", Err(P::MalformedEscape));
+    check_path("/%g0", Err(P::MalformedEscape));
+    check_path("/%0g", Err(P::MalformedEscape));
+    check_path("/%%41", Err(P::MalformedEscape));
+    check_path("/%+1", Err(P::MalformedEscape));
+    check_path("/a\0b", Err(P::ControlByte));
+    check_path("/a\nb", Err(P::ControlByte));
+    check_path("/a\tb", Err(P::ControlByte));
+    check_path("/a\x7fb", Err(P::ControlByte));
+    check_path("/a%00b", Err(P::ControlByte));
+    check_path("/a%0d%0aSet-Cookie:x", Err(P::ControlByte));
+    check_path("/a%7F", Err(P::ControlByte));
+    check_path("/a b", Err(P::Whitespace));
+    check_path("/é", Err(P::NonAscii));
+    check_path("/caf\u{e9}/x", Err(P::NonAscii));
+    check_path("/\u{ff0e}\u{ff0e}", Err(P::NonAscii)); // fullwidth dots
+    check_path("/a?b=c", Err(P::QueryOrFragment));
+    check_path("/a#frag", Err(P::QueryOrFragment));
+}
+
+#[test]
+fn normal_forms_are_fixed_points() {
+    for raw in ["/%7e/%3a/%c3%a9", "/a{b}", "/%252e", "/a/", "/%41%42;p=%3d"] {
+        let once = normalize_path(raw).expect("normalises");
+        assert_eq!(normalize_path(&once).as_deref(), Ok(once.as_str()), "{raw:?}");
+    }
+}
+
+/// Does `pattern` match the path `raw` (normalised first)?
+#[track_caller]
+fn check_pattern(pattern: &str, raw: &str, expected: bool) {
+    let compiled = PathPattern::parse(pattern).expect("pattern parses");
+    let path = normalize_path(raw).expect("path normalises");
+    assert_eq!(compiled.matches(&path), expected, "{pattern:?} vs {raw:?}");
+}
+
+#[test]
+fn single_star_stays_in_one_segment() {
+    check_pattern("/repos/our-org/*", "/repos/our-org/x", true);
+    check_pattern("/repos/our-org/*", "/repos/our-org/x-y.z", true);
+    check_pattern("/repos/our-org/*", "/repos/our-org/", true); // `*` matches the empty run
+    check_pattern("/repos/our-org/*", "/repos/our-org", false);
+    check_pattern("/repos/our-org/*", "/repos/our-org/x/y", false);
+    check_pattern("/repos/our-org/*", "/repos/other/x", false);
+    check_pattern("/repos/our-org/*", "/repos/our-org-evil/x", false);
+    check_pattern("/repos/our-org/*", "/repos/OUR-ORG/x", false); // case-sensitive
+    check_pattern("/repos/*/issues", "/repos/a/issues", true);
+    check_pattern("/repos/*/issues", "/repos/a/b/issues", false);
+    check_pattern("/u/*.bin", "/u/a.bin", true);
+    check_pattern("/u/*.bin", "/u/.bin", true);
+    check_pattern("/u/*.bin", "/u/a.bin.exe", false);
+    check_pattern("/u/a*b*c", "/u/abbbc", true);
+    check_pattern("/u/a*b*c", "/u/acb", false);
+    check_pattern("/*", "/", true);
+    check_pattern("/*", "/x", true);
+    check_pattern("/*", "/x/", false);
+}
+
+#[test]
+fn double_star_spans_segments() {
+    check_pattern("/repos/our-org/**", "/repos/our-org", true);
+    check_pattern("/repos/our-org/**", "/repos/our-org/", true);
+    check_pattern("/repos/our-org/**", "/repos/our-org/x", true);
+    check_pattern("/repos/our-org/**", "/repos/our-org/x/y/z", true);
+    check_pattern("/repos/our-org/**", "/repos/our-orgx", false);
+    check_pattern("/repos/our-org/**", "/repos/other/x", false);
+    check_pattern("/repos/our-org/**", "/repos", false);
+    check_pattern("/a/**/b", "/a/b", true);
+    check_pattern("/a/**/b", "/a/x/b", true);
+    check_pattern("/a/**/b", "/a/x/y/b", true);
+    check_pattern("/a/**/b", "/a/x/y/c", false);
+    check_pattern("/a/**/b", "/a/b/c", false);
+    check_pattern("/a/**/b/**", "/a/x/b/y/z", true);
+    check_pattern("/a/**/**/b", "/a/b", true);
+    check_pattern("/**", "/", true);
+    check_pattern("/**", "/anything/at/all", true);
+    check_pattern("/**/x", "/x", true);
+    check_pattern("/**/x", "/a/b/x", true);
+    check_pattern("/**/x", "/a/b/x/y", false);
+    check_pattern("/**/*.json", "/a/b.json", true);
+    check_pattern("/**/*.json", "/a/b.json/c", false);
+}
+
+#[test]
+fn literal_segments_compare_in_normal_form() {
+    check_pattern("/a", "/a", true);
+    check_pattern("/a", "/%61", true);
+    check_pattern("/%61", "/a", true);
+    check_pattern("/a", "/a/", false);
+    check_pattern("/a/", "/a", false);
+    check_pattern("/a", "/A", false);
+    check_pattern("/a%3a", "/a%3A", true);
+    check_pattern("/a:b", "/a%3Ab", false); // reserved characters are not decoded
+    check_pattern("/%252e", "/%252e", true);
+    check_pattern("/%252e", "/%25%32%65", true);
+    check_pattern("/%252ex", "/%2ex", false);
+    check_pattern("/a{b}", "/a%7bb%7d", true);
+    check_pattern("/x", "/x;p=1", false);
+    check_pattern("/", "/", true);
+    check_pattern("/", "/a", false);
+}
+
+#[test]
+fn path_patterns_are_normalised_and_checked() {
+    let parse = |p: &str| PathPattern::parse(p).map(|p| p.to_string()).map_err(|e| e.kind);
+    assert_eq!(parse("/%7e/%3a/**/**"), Ok("/~/%3A/**/**".to_owned()));
+    assert_eq!(parse("/a/../b"), Err(K::Path(P::DotSegment)));
+    assert_eq!(parse("/a/%2e%2e"), Err(K::Path(P::DotSegment)));
+    assert_eq!(parse("/a//b"), Err(K::Path(P::EmptySegment)));
+    assert_eq!(parse("/a%2fb"), Err(K::Path(P::EncodedSlash)));
+    assert_eq!(parse("a/b"), Err(K::Path(P::NotAbsolute)));
+    assert_eq!(parse("/a?b"), Err(K::Path(P::QueryOrFragment)));
+    assert_eq!(parse("/a**"), Err(K::MisplacedDoubleStar));
+    assert_eq!(parse("/***"), Err(K::MisplacedDoubleStar));
+    let err = PathPattern::parse("/a/..").expect_err("dot segment");
+    assert_eq!(
+        err.to_string(),
+        "invalid request rule \"/a/..\": path pattern: dot segment (`.` or `..`) in a path"
+    );
+}
+
+fn host(pattern: &str) -> Pattern {
+    Pattern::parse(pattern, ListKind::Allowed).expect("host pattern parses")
+}
+
+fn paths(patterns: &[&str]) -> Vec<PathPattern> {
+    patterns.iter().map(|p| PathPattern::parse(p).expect("path pattern parses")).collect()
+}
+
+fn methods(methods: &[&str]) -> Option<Vec<String>> {
+    Some(methods.iter().map(|m| (*m).to_owned()).collect())
+}
+
+fn rule(name: &str, host_pattern: &str, action: RuleAction) -> Rule {
+    Rule {
+        name: name.to_owned(),
+        host: host(host_pattern),
+        methods: None,
+        paths: Vec::new(),
+        query: Vec::new(),
+        headers: Vec::new(),
+        action,
+        strip_headers: Vec::new(),
+        inject: None,
+    }
+}
+
+fn query(name: &str, value: Option<&str>) -> QueryMatcher {
+    let test = value.map_or(QueryTest::Present, |v| QueryTest::Equals(v.to_owned()));
+    QueryMatcher { name: name.to_owned(), test }
+}
+
+fn header(name: &str, test: HeaderTest) -> HeaderMatcher {
+    HeaderMatcher { name: name.to_owned(), test }
+}
+
+/// The rules every evaluation case runs against, in order.
+fn rules() -> RuleSet {
+    use RuleAction::{Allow, Deny};
+    let rules = vec![
+        Rule {
+            paths: paths(&["/repos/our-org/secret/**"]),
+            ..rule("no-secret", "api.example.com", Deny)
+        },
+        Rule {
+            methods: methods(&["GET", "HEAD"]),
+            paths: paths(&["/repos/our-org/**", "/orgs/our-org"]),
+            strip_headers: vec!["Cookie".to_owned()],
+            inject: Some(Injection { header: "Authorization".to_owned(), secret: 0 }),
+            ..rule("read", "api.example.com", Allow)
+        },
+        Rule {
+            methods: methods(&["POST"]),
+            paths: paths(&["/repos/our-org/*/issues"]),
+            headers: vec![header("content-type", HeaderTest::Prefix("application/json".into()))],
+            ..rule("file-issue", "api.example.com", Allow)
+        },
+        Rule {
+            methods: methods(&["GET"]),
+            paths: paths(&["/search/code"]),
+            query: vec![query("q", None), query("org", Some("our org"))],
+            ..rule("search", "api.example.com", Allow)
+        },
+        Rule { query: vec![query("debug", None)], ..rule("no-debug", "**.internal.example", Deny) },
+        Rule {
+            headers: vec![header("x-role", HeaderTest::Equals("admin".into()))],
+            ..rule("no-admins", "**.internal.example", Deny)
+        },
+        rule("internal", "**.internal.example", Allow),
+        Rule {
+            methods: methods(&["GET"]),
+            headers: vec![header("X-Token", HeaderTest::Equals("t1".into()))],
+            ..rule("git-8443", "git.example.com:8443", Allow)
+        },
+        Rule {
+            methods: methods(&["PUT"]),
+            paths: paths(&["/u/*.bin"]),
+            ..rule("uploads", "uploads.example.com", Allow)
+        },
+    ];
+    RuleSet::compile(rules).expect("rules compile")
+}
+
+/// Outcome names: `allow RULE`, `deny RULE`, `deny default`, `no rules`, or `bad KIND`.
+fn outcome(verdict: RuleVerdict<'_>) -> String {
+    match verdict {
+        RuleVerdict::NoRules => "no rules".to_owned(),
+        RuleVerdict::Allowed { rule, .. } => format!("allow {rule}"),
+        RuleVerdict::Denied { rule: Some(rule), .. } => format!("deny {rule}"),
+        RuleVerdict::Denied { rule: None, .. } => "deny default".to_owned(),
+        RuleVerdict::BadPath(err) => format!("bad {err:?}"),
+    }
+}
+
+/// Evaluates `method url` with `headers` against [`rules`].
+#[track_caller]
+fn check(method: &str, url: &str, headers: &[(&str, &str)], expected: &str) {
+    let url = Target::parse_absolute_url(url).expect("url parses");
+    let (path, query) = match url.path_and_query.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (url.path_and_query.as_str(), None),
+    };
+    let headers: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
+    let facts = RequestFacts { target: &url.target, method, path, query, headers: &headers };
+    assert_eq!(outcome(rules().evaluate(&facts)), expected, "{method} {url:?} {headers:?}");
+}
+
+const H: &[(&str, &str)] = &[];
+
+#[test]
+fn methods_and_paths() {
+    check("GET", "https://api.example.com/repos/our-org/x", H, "allow read");
+    check("HEAD", "https://api.example.com/repos/our-org/x/y/z", H, "allow read");
+    check("GET", "https://api.example.com/repos/our-org", H, "allow read");
+    check("GET", "https://api.example.com/orgs/our-org", H, "allow read");
+    check("GET", "https://api.example.com/orgs/our-org/members", H, "deny default");
+    check("GET", "https://api.example.com/repos/other-org/x", H, "deny default");
+    check("GET", "https://api.example.com/", H, "deny default");
+    check("get", "https://api.example.com/repos/our-org/x", H, "deny default"); // exact
+    check("DELETE", "https://api.example.com/repos/our-org/x", H, "deny default");
+    check("GET", "https://API.example.com.:443/repos/our-org/x", H, "allow read");
+    check("GET", "https://api.example.com/repos/%6Fur-org/x", H, "allow read");
+    check("PUT", "https://uploads.example.com/u/a.bin", H, "allow uploads");
+    check("PUT", "https://uploads.example.com/u/a.bin/x", H, "deny default");
+    check("PUT", "https://uploads.example.com/u/d/a.bin", H, "deny default");
+}
+
+#[test]
+fn first_matching_rule_wins() {
+    // `no-secret` comes before `read`, so it carves its subtree out of it, for any method.
+    check("GET", "https://api.example.com/repos/our-org/secret", H, "deny no-secret");
+    check("GET", "https://api.example.com/repos/our-org/secret/k", H, "deny no-secret");
+    check("POST", "https://api.example.com/repos/our-org/secret/issues", H, "deny no-secret");
+    check("GET", "https://api.example.com/repos/our-org/secrets", H, "allow read");
+    check("GET", "https://api.example.com/repos/our-org/x/secret", H, "allow read");
+    // Later rules are reached when earlier ones do not match.
+    check("GET", "https://a.internal.example/", H, "allow internal");
+    check("GET", "https://a.internal.example/?debug", H, "deny no-debug");
+    check("POST", "https://internal.example/x", &[("X-Role", "admin")], "deny no-admins");
+    check("POST", "https://internal.example/x", &[("X-Role", "user")], "allow internal");
+}
+
+#[test]
+fn bad_paths_on_ruled_hosts() {
+    check("GET", "https://api.example.com/repos/our-org/../admin", H, "bad DotSegment");
+    check("GET", "https://api.example.com/repos/our-org/%2e%2e/admin", H, "bad DotSegment");
+    check("GET", "https://api.example.com/repos/our-org/x%2F..", H, "bad EncodedSlash");
+    check("GET", "https://api.example.com/repos//our-org/x", H, "bad EmptySegment");
+    check("GET", "https://api.example.com/repos/our-org/%zz", H, "bad MalformedEscape");
+    check("GET", "https://a.internal.example/%5c", H, "bad Backslash");
+    // `%252e` is decoded once: a literal `%2e` segment, under the allowed prefix.
+    check("GET", "https://api.example.com/repos/our-org/%252e%252e", H, "allow read");
+    // Hosts without rules are not judged here, bad path or not.
+    check("GET", "https://other.example.com/a/../b", H, "no rules");
+}
+
+#[test]
+fn query_matchers() {
+    let search = "https://api.example.com/search/code";
+    check("GET", &format!("{search}?q=x&org=our+org"), H, "allow search");
+    check("GET", &format!("{search}?org=our%20org&q"), H, "allow search");
+    check("GET", &format!("{search}?%71=x&%6Frg=our%20org"), H, "allow search");
+    check("GET", &format!("{search}?&&q=&org=our+org&"), H, "allow search");
+    check("GET", &format!("{search}?q=x"), H, "deny default");
+    check("GET", &format!("{search}?q=x&org=other"), H, "deny default");
+    check("GET", &format!("{search}?q=x&org=our+orgs"), H, "deny default");
+    check("GET", &format!("{search}?q=x&org=Our+Org"), H, "deny default");
+    check("GET", &format!("{search}?q=x&org=our%2520org"), H, "deny default"); // decoded once
+    check("GET", search, H, "deny default");
+    // A repeated name: an allow rule needs every copy to pass, a deny rule any one.
+    check("GET", &format!("{search}?q=x&org=our+org&org=other"), H, "deny default");
+    check("GET", &format!("{search}?q=x&org=our+org&org=our%20org"), H, "allow search");
+    check("GET", "https://x.internal.example/?a=1&debug=0&debug=1", H, "deny no-debug");
+    check("GET", "https://x.internal.example/?debugx=1&xdebug", H, "allow internal");
+}
+
+#[test]
+fn header_matchers() {
+    let issues = "https://api.example.com/repos/our-org/r/issues";
+    check("POST", issues, &[("Content-Type", "application/json")], "allow file-issue");
+    check(
+        "POST",
+        issues,
+        &[("content-type", "application/json; charset=utf-8")],
+        "allow file-issue",
+    );
+    check("POST", issues, &[("CONTENT-TYPE", "application/jsonx")], "allow file-issue"); // prefix
+    check("POST", issues, &[("Content-Type", "text/plain")], "deny default");
+    check("POST", issues, &[("Content-Type", "Application/JSON")], "deny default");
+    check("POST", issues, H, "deny default");
+    check(
+        "POST",
+        issues,
+        &[("Content-Type", "application/json"), ("content-type", "text/plain")],
+        "deny default",
+    );
+    let admin = [("Accept", "*/*"), ("x-role", "user"), ("X-ROLE", "admin")];
+    check("GET", "https://x.internal.example/", &admin, "deny no-admins");
+    check("GET", "https://x.internal.example/", &[("x-role", "admin ")], "allow internal");
+}
+
+#[test]
+fn port_scoped_hosts_and_hosts_without_rules() {
+    let token = &[("x-token", "t1")];
+    check("GET", "https://git.example.com:8443/a/b", token, "allow git-8443");
+    check("GET", "https://git.example.com:8443/", &[("X-Token", "t2")], "deny default");
+    check("GET", "https://git.example.com:8443/", H, "deny default");
+    check("POST", "https://git.example.com:8443/", token, "deny default");
+    check("GET", "https://git.example.com/a", H, "no rules"); // port 443: not ruled
+    check("GET", "http://git.example.com:8443/a", token, "allow git-8443");
+    check("GET", "https://example.com/", H, "no rules");
+    check("GET", "https://www.api.example.com/", H, "no rules");
+    check("GET", "https://internal.example.evil/", H, "no rules");
+    check("GET", "http://api.example.com:80/repos/our-org/x", H, "allow read");
+}
+
+#[test]
+fn has_rules_for_names_the_hosts_to_intercept() {
+    let set = rules();
+    let ruled = |t: &str| set.has_rules_for(&Target::parse_authority(t, Some(443)).expect("t"));
+    assert!(ruled("api.example.com:443"));
+    assert!(ruled("API.EXAMPLE.COM"));
+    assert!(ruled("internal.example:1"));
+    assert!(ruled("a.b.internal.example"));
+    assert!(ruled("git.example.com:8443"));
+    assert!(!ruled("git.example.com:443"));
+    assert!(!ruled("example.com"));
+    assert!(!RuleSet::default().has_rules_for(&Target::parse_authority("a.b:1", None).expect("t")));
+}
+
+#[test]
+fn allowed_requests_carry_what_to_strip_and_inject() {
+    let set = rules();
+    let target = Target::parse_authority("api.example.com", Some(443)).expect("target");
+    let facts = RequestFacts {
+        target: &target,
+        method: "GET",
+        path: "/repos/our-org/x",
+        query: None,
+        headers: &[],
+    };
+    let RuleVerdict::Allowed { rule, strip, inject } = set.evaluate(&facts) else {
+        panic!("allowed");
+    };
+    assert_eq!(rule, "read");
+    assert_eq!(strip, ["cookie".into(), "authorization".into()]);
+    assert_eq!(inject, Some(&Injection { header: "Authorization".to_owned(), secret: 0 }));
+    let denied = set.evaluate(&RequestFacts { path: "/repos/our-org/secret", ..facts });
+    let named = Reason::RuleDenied("no-secret".into());
+    assert_eq!(denied, RuleVerdict::Denied { rule: Some("no-secret"), reason: named });
+    let default = set.evaluate(&RequestFacts { path: "/nope", ..facts });
+    assert_eq!(default, RuleVerdict::Denied { rule: None, reason: Reason::RuleDenied("".into()) });
+    assert_eq!(set.rules().count(), 9);
+}
+
+#[test]
+fn bad_rules_are_refused_and_all_reported() {
+    use RuleAction::{Allow, Deny};
+    let bad = vec![
+        rule("ok", "example.com", Allow),
+        rule("", "example.com", Allow),
+        rule("ok", "example.com", Allow),
+        Rule { methods: Some(Vec::new()), ..rule("no-methods", "example.com", Allow) },
+        Rule { methods: methods(&["get"]), ..rule("lower", "example.com", Allow) },
+        Rule { methods: methods(&["GE T"]), ..rule("space", "example.com", Allow) },
+        Rule { strip_headers: vec!["bad:name".into()], ..rule("strip", "example.com", Allow) },
+        Rule {
+            headers: vec![header("", HeaderTest::Present)],
+            ..rule("empty-header", "example.com", Allow)
+        },
+        Rule { query: vec![query("", None)], ..rule("empty-query", "example.com", Allow) },
+        Rule {
+            inject: Some(Injection { header: "Authorization".into(), secret: 1 }),
+            ..rule("deny-inject", "example.com", Deny)
+        },
+        Rule { strip_headers: vec!["cookie".into()], ..rule("deny-strip", "example.com", Deny) },
+    ];
+    let errors = RuleSet::compile(bad).expect_err("bad rules");
+    let got: Vec<(&str, &K)> = errors.iter().map(|e| (e.entry.as_str(), &e.kind)).collect();
+    assert_eq!(
+        got,
+        [
+            ("", &K::EmptyName),
+            ("ok", &K::DuplicateName),
+            ("no-methods", &K::NoMethods),
+            ("lower", &K::LowerCaseMethod("get".into())),
+            ("space", &K::InvalidMethod("GE T".into())),
+            ("strip", &K::InvalidHeaderName("bad:name".into())),
+            ("empty-header", &K::InvalidHeaderName("".into())),
+            ("empty-query", &K::EmptyQueryName),
+            ("deny-inject", &K::StripOrInjectOnDeny),
+            ("deny-strip", &K::StripOrInjectOnDeny),
+        ]
+    );
+    assert_eq!(
+        errors[3].to_string(),
+        "invalid request rule \"lower\": method \"get\" is not upper-case: methods are \
+         case-sensitive and would never match"
+    );
+    let custom = Rule { methods: methods(&["PROPFIND", "M-SEARCH"]), ..rule("dav", "x.io", Allow) };
+    assert!(RuleSet::compile(vec![custom]).is_ok());
+}
