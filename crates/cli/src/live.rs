@@ -179,6 +179,13 @@ fn pending_restart(old: &Config, new: &Config) -> Vec<String> {
     {
         pending.push("admin_token".to_owned());
     }
+    // Rules for HTTPS hosts need the interception CA, made at start only.
+    if !old.mitm && old.rules.is_empty() && !new.rules.is_empty() {
+        pending.push(
+            "rules (https hosts with rules are refused until a restart makes the interception ca)"
+                .to_owned(),
+        );
+    }
     // The new allowlist applies at once; the interception CA keeps the name constraints it
     // was made with, so names it does not cover are refused (`mitm_ca_scope`) until a restart.
     if old.mitm && old.allowed_domains() != new.allowed_domains() {

@@ -173,7 +173,9 @@ impl NetworkProxyBuilder {
         // Made whatever the mode, as the mode can switch to limited at runtime. The name
         // constraints follow the allowlist, unless a decider may allow names beyond it.
         let broker = self.broker.filter(|b| !b.is_empty()).map(Arc::new);
-        let ca = match config.mitm || broker.is_some() {
+        // Interception where needed: limited mode with `mitm`, and in every mode the hosts with
+        // request rules or brokered credentials.
+        let ca = match config.mitm || broker.is_some() || !config.rules.is_empty() {
             true => {
                 let scope = match self.decider.is_some() {
                     true => CaScope::Everything,

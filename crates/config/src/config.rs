@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use proxyd_policy::{FileId, ListKind, Mode, PatternSet, Policy, UnixSocketRule};
+use proxyd_policy::{FileId, ListKind, Mode, PatternSet, Policy, RuleSet, Secrets, UnixSocketRule};
 
 use crate::error::{ConfigError, ConfigErrors, ErrorKind};
 use crate::listen::{self, Clamp};
@@ -81,6 +81,9 @@ struct Compiled {
     denied: PatternSet,
     /// `allow_unix_sockets`, canonicalised and pinned to the socket found at load.
     unix_sockets: Vec<UnixSocketRule>,
+    /// `[[network.rules]]`, compiled, and the values they inject.
+    rules: RuleSet,
+    secrets: Secrets,
 }
 
 impl PartialEq for Compiled {
@@ -88,6 +91,7 @@ impl PartialEq for Compiled {
         self.allowed.patterns() == other.allowed.patterns()
             && self.denied.patterns() == other.denied.patterns()
             && self.unix_sockets == other.unix_sockets
+            && self.secrets == other.secrets
     }
 }
 
@@ -184,6 +188,8 @@ impl Config {
             allow_local_binding: self.allow_local_binding,
             enabled: self.enabled,
             unix_sockets: self.compiled.unix_sockets.clone(),
+            rules: self.compiled.rules.clone(),
+            secrets: self.compiled.secrets.clone(),
         }
     }
 
@@ -234,7 +240,17 @@ impl Config {
         match (allowed, denied) {
             (Ok(allowed), Ok(denied)) => {
                 let unix_sockets = self.pin_unix_sockets();
-                self.compiled = Compiled { allowed, denied, unix_sockets };
+                match crate::rules::compile(&self.rules) {
+                    Ok((rules, secrets)) => {
+                        self.compiled = Compiled { allowed, denied, unix_sockets, rules, secrets };
+                    }
+                    Err(reasons) => {
+                        for reason in reasons {
+                            let kind = ErrorKind::Invalid { key: "rules", reason };
+                            errors.push(ConfigError::new(self.origin("rules").location(), kind));
+                        }
+                    }
+                }
             }
             (allowed, denied) => {
                 let failures =

@@ -6,7 +6,10 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use proxyd_policy::{ListKind, Pattern};
+use proxyd_policy::{
+    HeaderMatcher, HeaderTest, Injection, ListKind, PathPattern, Pattern, QueryMatcher, QueryTest,
+    Rule, RuleSet, Secrets,
+};
 use toml::Spanned;
 use toml::de::DeValue;
 
@@ -417,4 +420,76 @@ pub(crate) fn read_secret(source: &SecretSource) -> Result<Secret, String> {
         return Err(format!("{source}: contains control characters"));
     }
     Ok(Secret(value))
+}
+
+/// The policy's form of the rules: compiled, with the values they inject in a table of their
+/// own. Errors name the rule.
+pub(crate) fn compile(specs: &[RuleSpec]) -> Result<(RuleSet, Secrets), Vec<String>> {
+    let mut errors = Vec::new();
+    let mut rules = Vec::new();
+    let mut secrets = Vec::new();
+    for spec in specs {
+        let host = match Pattern::parse(&spec.host, ListKind::Allowed) {
+            Ok(host) => host,
+            Err(err) => {
+                errors.push(format!("rule {:?}: {err}", spec.name));
+                continue;
+            }
+        };
+        let mut paths = Vec::new();
+        for path in &spec.paths {
+            match PathPattern::parse(path) {
+                Ok(pattern) => paths.push(pattern),
+                Err(err) => errors.push(format!("rule {:?}: path {path:?}: {err}", spec.name)),
+            }
+        }
+        let query = spec
+            .query
+            .iter()
+            .map(|q| QueryMatcher {
+                name: q.name.clone(),
+                test: match &q.value {
+                    Some(value) => QueryTest::Equals(value.clone()),
+                    None => QueryTest::Present,
+                },
+            })
+            .collect();
+        let headers = spec
+            .headers
+            .iter()
+            .map(|h| HeaderMatcher {
+                name: h.name.clone(),
+                test: match (&h.value, h.prefix) {
+                    (None, _) => HeaderTest::Present,
+                    (Some(value), true) => HeaderTest::Prefix(value.clone()),
+                    (Some(value), false) => HeaderTest::Equals(value.clone()),
+                },
+            })
+            .collect();
+        let inject = spec.inject.as_ref().and_then(|inject| {
+            let secret = inject.secret.as_ref()?;
+            secrets.push(format!("{}{}", inject.prefix, secret.expose()));
+            Some(Injection { header: inject.header.clone(), secret: secrets.len() - 1 })
+        });
+        rules.push(Rule {
+            name: spec.name.clone(),
+            host,
+            methods: spec.methods.clone(),
+            paths,
+            query,
+            headers,
+            action: match spec.action {
+                RuleAction::Allow => proxyd_policy::RuleAction::Allow,
+                RuleAction::Deny => proxyd_policy::RuleAction::Deny,
+            },
+            strip_headers: spec.strip_headers.clone(),
+            inject,
+        });
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    RuleSet::compile(rules)
+        .map(|set| (set, Secrets(secrets)))
+        .map_err(|errors| errors.iter().map(ToString::to_string).collect())
 }

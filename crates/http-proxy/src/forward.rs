@@ -8,7 +8,7 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use proxyd_net::{Attempt, Connections, Failure, Lease};
+use proxyd_net::{Attempt, Connections, Failure, HttpFacts, Lease, RuleEdits};
 use proxyd_policy::{AbsoluteUrl, Host, Mode, Protocol, Scheme, Target};
 
 use crate::leased::Leased;
@@ -56,10 +56,15 @@ pub(crate) async fn handle(
         (None, Scheme::Https) => Protocol::Https,
     };
     let method = req.method().as_str().to_owned();
-    let attempt = Attempt::new(protocol, url.target.clone(), Some(peer))
+    let mut attempt = Attempt::new(protocol, url.target.clone(), Some(peer))
         .method(&method)
         .side_doors(headers::side_doors(req.headers()))
         .unix_socket(unix_socket.map(|v| v.to_str().unwrap_or_default().to_owned()));
+    // Request rules read the path, query and headers; copied only when some host has rules
+    // (a host with rules refuses a request that comes without them).
+    if !shared.engine.policy().rules.is_empty() {
+        attempt = attempt.http(http_facts(&url, req.headers()));
+    }
     let cx = Blocked {
         target: &url.target,
         protocol: protocol.as_str(),
@@ -84,6 +89,7 @@ pub(crate) async fn handle(
             Ok(opened) => opened,
             Err(refusal) => return respond::refusal(&refusal, &cx),
         };
+    let rule_edits = admission.rule_edits().cloned();
     // From here on the exchange lives under its lease: a change that refuses it stops the
     // request body and the response body before one more byte moves.
     let lease = match admission.admit() {
@@ -97,6 +103,9 @@ pub(crate) async fn handle(
     };
     let (mut outgoing, client_upgrade) =
         rewrite_request(req, &url, upgrade, proxy_authorization, &lease);
+    if let Some(edits) = &rule_edits {
+        apply_rule_edits(edits, outgoing.headers_mut());
+    }
     if let Some(broker) = &shared.settings.broker {
         let used = broker.apply(&url.target, url.scheme == Scheme::Https, outgoing.headers_mut());
         if !used.is_empty() {
@@ -142,6 +151,32 @@ pub(crate) async fn handle(
         );
     }
     rewrite_response(response, lease)
+}
+
+/// What request rules read: the path and query as sent, and the headers.
+fn http_facts(url: &AbsoluteUrl, headers: &http::HeaderMap) -> HttpFacts {
+    let (path, query) = match url.path_and_query.split_once('?') {
+        Some((path, query)) => (path.to_owned(), Some(query.to_owned())),
+        None => (url.path_and_query.clone(), None),
+    };
+    let headers =
+        headers.iter().map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec())).collect();
+    HttpFacts { path, query, headers }
+}
+
+/// The allowing rule's edits: its headers stripped, its credential injected (marked sensitive
+/// so hyper never logs it).
+fn apply_rule_edits(edits: &RuleEdits, headers: &mut http::HeaderMap) {
+    for name in &edits.strip {
+        headers.remove(name.as_str());
+    }
+    if let Some((name, value)) = &edits.inject
+        && let (Ok(name), Ok(mut value)) =
+            (http::HeaderName::try_from(name.as_str()), HeaderValue::from_str(value))
+    {
+        value.set_sensitive(true);
+        headers.insert(name, value);
+    }
 }
 
 /// The request as sent on: origin-form with `Host` from the target (absolute-form with

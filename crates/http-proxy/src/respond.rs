@@ -30,13 +30,17 @@ pub(crate) fn x_proxy_error(reason: &Reason) -> Option<&'static str> {
         Reason::SelfConnection
         | Reason::SniMismatch
         | Reason::UnixSocketChanged
+        | Reason::RuleDenied(_)
         | Reason::Decider(_) => Some("blocked-by-policy"),
+        // A malformed request, not a policy decision.
+        Reason::InvalidPath(_) => None,
     }
 }
 
 fn blocked_status(reason: &Reason) -> StatusCode {
     match reason {
         Reason::ProxyDisabled => StatusCode::SERVICE_UNAVAILABLE,
+        Reason::InvalidPath(_) => StatusCode::BAD_REQUEST,
         _ => StatusCode::FORBIDDEN,
     }
 }
@@ -53,6 +57,12 @@ pub(crate) fn blocked(reason: &Reason, b: &Blocked<'_>) -> Response<Body> {
         "mode": b.mode.as_str(),
         "message": reason.message(),
     });
+    let mut body = body;
+    match reason {
+        Reason::RuleDenied(rule) if !rule.is_empty() => body["rule"] = rule.to_string().into(),
+        Reason::InvalidPath(error) => body["detail"] = error.to_string().into(),
+        _ => {}
+    }
     let mut response = json(blocked_status(reason), &body);
     if let Some(value) = x_proxy_error(reason) {
         response.headers_mut().insert("x-proxy-error", HeaderValue::from_static(value));
@@ -144,6 +154,8 @@ mod tests {
             (Reason::SniMismatch, 403, Some("blocked-by-policy")),
             (Reason::UnixSocketChanged, 403, Some("blocked-by-policy")),
             (Reason::Decider("x".into()), 403, Some("blocked-by-policy")),
+            (Reason::RuleDenied("r".into()), 403, Some("blocked-by-policy")),
+            (Reason::InvalidPath(proxyd_policy::PathError::DotSegment), 400, None),
             (Reason::ProxyDisabled, 503, None),
         ];
         for (reason, status, header) in table {

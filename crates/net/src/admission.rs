@@ -21,7 +21,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use proxyd_policy::{
-    Decision, Mode, Protocol, Reason, Request, SideDoors, Target, UnixSocketRule, Verdict,
+    Decision, Mode, Policy, Protocol, Reason, Request, RequestFacts, RuleVerdict, SideDoors,
+    Target, UnixSocketRule, Verdict,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
@@ -47,6 +48,8 @@ pub struct Attempt {
     pub must_inspect: bool,
     /// The `x-unix-socket` path: the request goes to that socket, not to `target`.
     pub unix_socket: Option<String>,
+    /// An HTTP request's path, query and headers, for request rules.
+    pub http: Option<HttpFacts>,
 }
 
 impl Attempt {
@@ -60,7 +63,13 @@ impl Attempt {
             inspectable: false,
             must_inspect: false,
             unix_socket: None,
+            http: None,
         }
+    }
+
+    pub fn http(mut self, facts: HttpFacts) -> Attempt {
+        self.http = Some(facts);
+        self
     }
 
     pub fn must_inspect(mut self, must: bool) -> Attempt {
@@ -86,6 +95,54 @@ impl Attempt {
     pub fn unix_socket(mut self, path: Option<String>) -> Attempt {
         self.unix_socket = path;
         self
+    }
+}
+
+/// The request line and headers of an HTTP request, for the request rules of its host.
+#[derive(Debug, Clone, Default)]
+pub struct HttpFacts {
+    /// The path as sent, without the query.
+    pub path: String,
+    /// The query as sent, without the `?`.
+    pub query: Option<String>,
+    /// Header names (lower case) and values, in order.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl HttpFacts {
+    /// Runs `f` on the borrowed form the policy reads.
+    fn view<R>(&self, target: &Target, method: &str, f: impl FnOnce(&RequestFacts<'_>) -> R) -> R {
+        let headers: Vec<(&str, &[u8])> =
+            self.headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
+        let facts = RequestFacts {
+            target,
+            method,
+            path: &self.path,
+            query: self.query.as_deref(),
+            headers: &headers,
+        };
+        f(&facts)
+    }
+}
+
+/// What the request rule that allowed a request asks of it on its way out.
+#[derive(Clone, Default)]
+pub struct RuleEdits {
+    /// The rule's name.
+    pub rule: String,
+    /// Request headers to remove (lower case), the injected header's name included.
+    pub strip: Vec<String>,
+    /// A header to add: name and value (a secret).
+    pub inject: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for RuleEdits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuleEdits")
+            .field("rule", &self.rule)
+            .field("strip", &self.strip)
+            .field("inject", &self.inject.as_ref().map(|(name, _)| name))
+            .finish()
     }
 }
 
@@ -198,15 +255,21 @@ impl Engine {
     /// [`Admission`] that carries the same snapshot on to resolution and dialling.
     pub async fn admit(&self, attempt: Attempt) -> Result<Admission, Refusal> {
         let snapshot = self.snapshot();
+        // A tunnel the listener can terminate is inspected in limited mode, and in every mode
+        // when its host has request rules or brokered credentials. SOCKS5 is inspectable only
+        // to port 443 (the listener says so).
         let inspected = attempt.inspectable
-            && attempt.protocol == Protocol::HttpConnect
-            && (snapshot.mode == Mode::Limited || attempt.must_inspect);
+            && matches!(attempt.protocol, Protocol::HttpConnect | Protocol::Socks5)
+            && (snapshot.mode == Mode::Limited
+                || attempt.must_inspect
+                || snapshot.policy.rules.has_rules_for(&attempt.target));
         let mut admission = Admission {
             engine: self.clone(),
             snapshot,
             attempt,
             inspected,
             decider_allowed: false,
+            edits: None,
             unix: None,
             peers: Vec::new(),
             dns_time: None,
@@ -230,6 +293,8 @@ pub struct Admission {
     inspected: bool,
     /// The allowlist missed and the policy decider allowed it: a re-check keeps that answer.
     decider_allowed: bool,
+    /// What the request rule that allowed it asks (strip, inject).
+    edits: Option<RuleEdits>,
     unix: Option<UnixSocketRule>,
     /// Every checked address of the target: what a later change re-checks.
     peers: Vec<IpAddr>,
@@ -258,6 +323,12 @@ impl Admission {
         &self.attempt
     }
 
+    /// What the request rule that allowed this request asks of it (headers to strip, one to
+    /// inject); `None` when its host has no rules.
+    pub fn rule_edits(&self) -> Option<&RuleEdits> {
+        self.edits.as_ref()
+    }
+
     async fn decide(&mut self) -> Decision {
         let policy = self.snapshot.policy.clone();
         let attempt = &self.attempt;
@@ -268,17 +339,30 @@ impl Admission {
             self.unix = rule.cloned();
             return decision;
         }
-        let request = Request {
-            protocol: attempt.protocol,
-            target: &attempt.target,
-            method: attempt.method.as_deref(),
-            mode: self.snapshot.mode,
-            side_doors: attempt.side_doors,
-            inspected: self.inspected,
-        };
-        let consult = match policy.decide(&request) {
-            Verdict::Decided(decision) => return decision,
-            Verdict::Consult(consult) => consult,
+        let verdict =
+            with_facts(attempt.http.as_ref(), &attempt.target, attempt.method.as_deref(), |http| {
+                let request = Request {
+                    protocol: attempt.protocol,
+                    target: &attempt.target,
+                    method: attempt.method.as_deref(),
+                    mode: self.snapshot.mode,
+                    side_doors: attempt.side_doors,
+                    inspected: self.inspected,
+                    http,
+                };
+                let verdict = policy.decide(&request);
+                let edits = http.and_then(|facts| rule_edits(&policy, facts));
+                (verdict, edits)
+            });
+        let consult = match verdict {
+            (Verdict::Decided(decision), edits) => {
+                self.edits = edits;
+                return decision;
+            }
+            (Verdict::Consult(consult), edits) => {
+                self.edits = edits;
+                consult
+            }
         };
         let Some((decider, timeout)) = &self.engine.inner.decider else {
             return consult.not_allowed();
@@ -421,6 +505,7 @@ impl Admission {
                 side_doors: self.attempt.side_doors,
                 inspected: self.inspected,
                 decider_allowed: self.decider_allowed,
+                http: self.attempt.http.clone(),
                 peers: std::mem::take(&mut self.peers),
             },
         }
@@ -484,6 +569,8 @@ pub(crate) enum Facts {
         inspected: bool,
         /// The allowlist missed and the decider allowed: a later allowlist miss keeps it.
         decider_allowed: bool,
+        /// The request's path and headers, for request rules.
+        http: Option<HttpFacts>,
         /// Empty when the egress went through an upstream proxy (it resolved the name).
         peers: Vec<IpAddr>,
     },
@@ -512,17 +599,21 @@ impl Facts {
                 side_doors,
                 inspected,
                 decider_allowed,
+                http,
                 peers,
             } => {
-                let request = Request {
-                    protocol: *protocol,
-                    target,
-                    method: method.as_deref(),
-                    mode: snapshot.mode,
-                    side_doors: *side_doors,
-                    inspected: *inspected,
-                };
-                let decision = match policy.decide(&request) {
+                let verdict = with_facts(http.as_ref(), target, method.as_deref(), |http| {
+                    policy.decide(&Request {
+                        protocol: *protocol,
+                        target,
+                        method: method.as_deref(),
+                        mode: snapshot.mode,
+                        side_doors: *side_doors,
+                        inspected: *inspected,
+                        http,
+                    })
+                });
+                let decision = match verdict {
                     Verdict::Decided(decision) => decision,
                     Verdict::Consult(consult) if *decider_allowed => consult.allow(),
                     Verdict::Consult(consult) => consult.not_allowed(),
@@ -662,4 +753,33 @@ impl Lease {
         }
         result
     }
+}
+
+/// Runs `f` with the borrowed request facts of `http`, if any.
+fn with_facts<R>(
+    http: Option<&HttpFacts>,
+    target: &Target,
+    method: Option<&str>,
+    f: impl FnOnce(Option<&RequestFacts<'_>>) -> R,
+) -> R {
+    match http {
+        Some(http) => http.view(target, method.unwrap_or_default(), |facts| f(Some(facts))),
+        None => f(None),
+    }
+}
+
+/// The strip and inject edits of the rule that allows `facts`, with the injected value.
+fn rule_edits(policy: &Policy, facts: &RequestFacts<'_>) -> Option<RuleEdits> {
+    let RuleVerdict::Allowed { rule, strip, inject } = policy.rules.evaluate(facts) else {
+        return None;
+    };
+    let inject = inject.and_then(|injection| {
+        let value = policy.secrets.0.get(injection.secret)?;
+        Some((injection.header.to_ascii_lowercase(), value.clone()))
+    });
+    Some(RuleEdits {
+        rule: rule.to_owned(),
+        strip: strip.iter().map(|s| s.to_string()).collect(),
+        inject,
+    })
 }

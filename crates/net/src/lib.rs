@@ -52,7 +52,7 @@ mod udp;
 #[cfg(unix)]
 mod unix;
 
-pub use admission::{Admission, Attempt, Failure, Lease, Refusal};
+pub use admission::{Admission, Attempt, Failure, HttpFacts, Lease, Refusal, RuleEdits};
 pub use dial::{CONNECTION_ATTEMPT_DELAY, Checked, Connected, Dialer, OperatorEndpoint};
 pub use engine::{
     Decider, DeciderAnswer, DeciderRequest, Engine, EngineBuilder, Event, EventSink, Outcome,

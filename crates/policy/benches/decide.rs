@@ -26,6 +26,8 @@ fn policy(n: usize) -> Policy {
         allow_local_binding: false,
         enabled: true,
         unix_sockets: Vec::new(),
+        rules: Default::default(),
+        secrets: Default::default(),
     }
 }
 
@@ -47,6 +49,7 @@ fn decide(c: &mut Criterion) {
                         mode: Mode::Full,
                         side_doors: SideDoors::default(),
                         inspected: false,
+                        http: None,
                     };
                     black_box(policy.decide(&request))
                 })
@@ -66,6 +69,7 @@ fn decide(c: &mut Criterion) {
                 mode: Mode::Full,
                 side_doors: SideDoors::default(),
                 inspected: false,
+                http: None,
             };
             black_box(policy.decide(&request))
         })

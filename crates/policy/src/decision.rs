@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use crate::local::is_local;
 use crate::pattern_set::{MatchKind, PatternSet};
+use crate::rules::{PathError, RequestFacts, RuleSet, RuleVerdict};
 use crate::target::Target;
 
 /// `full` allows every method; `limited` is read-only (SPEC §6.2).
@@ -132,6 +133,10 @@ pub struct Request<'a> {
     /// and side doors are still checked. Ignored for every other protocol: SOCKS5 tunnels are
     /// never inspected.
     pub inspected: bool,
+    /// The request line and headers of an HTTP request (`http`, `https`), for the request
+    /// rules of its host; `None` for tunnels and SOCKS5. A host with rules refuses requests
+    /// that come without them.
+    pub http: Option<&'a RequestFacts<'a>>,
 }
 
 /// Why a request was blocked (SPEC §6.1).
@@ -156,6 +161,10 @@ pub enum Reason {
     /// the message can say which of the two it was. The code is the same for both: the rule
     /// name is for logs, not for clients to branch on.
     RuleDenied(Box<str>),
+    /// A request to a host with rules whose path has no normal form (dot segments, encoded
+    /// slashes, malformed escapes…): refused before any rule is matched. The listener answers
+    /// it with 400.
+    InvalidPath(PathError),
 }
 
 impl Reason {
@@ -172,6 +181,7 @@ impl Reason {
             Reason::UnixSocketChanged => "unix_socket_changed",
             Reason::Decider(reason) => reason,
             Reason::RuleDenied(_) => "rule_denied",
+            Reason::InvalidPath(_) => "invalid_path",
         }
     }
 
@@ -191,6 +201,9 @@ impl Reason {
             Reason::Decider(_) => "Blocked by the policy decider.",
             Reason::RuleDenied(rule) if rule.is_empty() => "No request rule allows this request.",
             Reason::RuleDenied(_) => "Blocked by a request rule.",
+            Reason::InvalidPath(_) => {
+                "The request path is refused (dot segments, encoded slashes or backslashes, malformed escapes)."
+            }
         }
     }
 }
@@ -267,6 +280,20 @@ pub struct Policy {
     pub enabled: bool,
     /// `allow_unix_sockets`, each pinned to the socket that was there at load (SPEC §7.7).
     pub unix_sockets: Vec<UnixSocketRule>,
+    /// `[[network.rules]]`: request rules for some hosts, inside HTTP and HTTPS.
+    pub rules: RuleSet,
+    /// The values rules inject ([`crate::Injection::secret`] indexes this table).
+    pub secrets: Secrets,
+}
+
+/// Values request rules inject (credentials). `Debug` never shows them.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secrets(pub Vec<String>);
+
+impl fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secrets({} redacted)", self.0.len())
+    }
 }
 
 /// Which file a path named when the policy was loaded: device and inode numbers, and the
@@ -310,6 +337,9 @@ impl Policy {
         {
             return Verdict::Decided(Decision::Block(Reason::NotAllowedLocal));
         }
+        if let Some(reason) = self.rule_block(request) {
+            return Verdict::Decided(Decision::Block(reason));
+        }
         let method_block = request.mode == Mode::Limited
             && method_blocked(
                 request.protocol,
@@ -321,6 +351,27 @@ impl Policy {
             return Verdict::Consult(Consult { method_block });
         }
         Verdict::Decided(Consult { method_block }.allow())
+    }
+
+    /// The request rules of the target's host: they narrow what the lists allow. An HTTP(S)
+    /// request must be allowed by a rule (first match wins; no match denies); a tunnel to a
+    /// host with rules must be one the listener inspects; anything else (an opaque tunnel,
+    /// SOCKS5 to another port, UDP) is refused, since rules could not see inside it.
+    fn rule_block(&self, request: &Request<'_>) -> Option<Reason> {
+        if !self.rules.has_rules_for(request.target) {
+            return None;
+        }
+        match (request.protocol, request.http) {
+            (Protocol::Http | Protocol::Https, Some(facts)) => match self.rules.evaluate(facts) {
+                RuleVerdict::NoRules | RuleVerdict::Allowed { .. } => None,
+                RuleVerdict::Denied { reason, .. } => Some(reason),
+                RuleVerdict::BadPath(error) => Some(Reason::InvalidPath(error)),
+            },
+            (Protocol::HttpConnect | Protocol::Socks5, _) if request.inspected => None,
+            _ => Some(Reason::RuleDenied(
+                "request rules need an http request proxyd can read".into(),
+            )),
+        }
     }
 
     /// A request for a Unix socket (SPEC §7.7): `requested` must be absolute and name an
@@ -402,13 +453,14 @@ fn method_blocked(
     side_doors: SideDoors,
     inspected: bool,
 ) -> bool {
-    let inspected = inspected && protocol == Protocol::HttpConnect;
+    let inspected = inspected && matches!(protocol, Protocol::HttpConnect | Protocol::Socks5);
     if protocol.is_opaque() && !inspected {
         return true;
     }
-    let read_only = match inspected {
-        true => method == Some("CONNECT"),
-        false => matches!(method, Some("GET" | "HEAD" | "OPTIONS")),
+    let read_only = match (inspected, protocol) {
+        (true, Protocol::Socks5) => method.is_none(),
+        (true, _) => method == Some("CONNECT"),
+        (false, _) => matches!(method, Some("GET" | "HEAD" | "OPTIONS")),
     };
     !read_only || side_doors.any()
 }

@@ -22,8 +22,8 @@ pub mod rules;
 pub mod target;
 
 pub use decision::{
-    Consult, Decision, FileId, Mode, Policy, Protocol, Reason, Request, SideDoors, UnixSocketRule,
-    Verdict,
+    Consult, Decision, FileId, Mode, Policy, Protocol, Reason, Request, Secrets, SideDoors,
+    UnixSocketRule, Verdict,
 };
 pub use local::{embedded_v4, is_local};
 pub use pattern::{ListKind, Pattern, PatternError, PatternErrorKind, Subtree};

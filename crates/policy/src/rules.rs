@@ -29,7 +29,7 @@ use crate::pattern_set::PatternSet;
 use crate::target::Target;
 
 /// Why a request path has no normal form. The caller answers such requests with 400.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
 pub enum PathError {
     #[error("path must start with `/`")]
     NotAbsolute,

@@ -15,4 +15,5 @@ mod process;
 mod regressions;
 mod reload;
 mod review;
+mod rules;
 mod support;

@@ -65,6 +65,8 @@ pub(crate) struct Builder {
     trust: Option<PathBuf>,
     env: Vec<(String, String)>,
     unix_sockets: Vec<PathBuf>,
+    rules: proxyd_policy::RuleSet,
+    secrets: proxyd_policy::Secrets,
     max_connections: usize,
     decider: Option<Arc<dyn Decider>>,
     mitm: bool,
@@ -88,6 +90,8 @@ pub(crate) fn proxy() -> Builder {
         trust: None,
         env: Vec::new(),
         unix_sockets: Vec::new(),
+        rules: proxyd_policy::RuleSet::default(),
+        secrets: proxyd_policy::Secrets::default(),
         max_connections: 256,
         decider: None,
         mitm: false,
@@ -161,6 +165,13 @@ impl Builder {
         self
     }
 
+    /// Request rules, and the values they inject.
+    pub(crate) fn rules(mut self, rules: Vec<proxyd_policy::Rule>, secrets: &[&str]) -> Builder {
+        self.rules = proxyd_policy::RuleSet::compile(rules).expect("test rules compile");
+        self.secrets = proxyd_policy::Secrets(secrets.iter().map(|s| (*s).to_owned()).collect());
+        self
+    }
+
     pub(crate) fn unix_socket(mut self, path: PathBuf) -> Builder {
         self.unix_sockets.push(path);
         self
@@ -176,6 +187,8 @@ impl Builder {
             allow_local_binding: self.allow_local_binding,
             enabled: self.enabled,
             unix_sockets: self.unix_sockets.iter().map(|path| pin_unix_socket(path)).collect(),
+            rules: self.rules,
+            secrets: self.secrets,
         };
         let scope = CaScope::from_patterns(policy.allowed.patterns());
         let resolver = Arc::new(self.resolver);

@@ -27,6 +27,8 @@ pub(crate) fn policy(allowed: &[&str], allow_local_binding: bool) -> Policy {
         allow_local_binding,
         enabled: true,
         unix_sockets: Vec::new(),
+        rules: Default::default(),
+        secrets: Default::default(),
     }
 }
 

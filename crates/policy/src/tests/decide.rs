@@ -31,6 +31,8 @@ fn policy(allow_local_binding: bool) -> Policy {
         allow_local_binding,
         enabled: true,
         unix_sockets: Vec::new(),
+        rules: Default::default(),
+        secrets: Default::default(),
     }
 }
 
@@ -59,6 +61,7 @@ fn decide_with(
         mode,
         side_doors: SideDoors::default(),
         inspected: false,
+        http: None,
     };
     outcome(policy.decide(&request))
 }
@@ -147,6 +150,8 @@ fn wildcards_never_unlock_local_literals() {
         allow_local_binding: false,
         enabled: true,
         unix_sockets: Vec::new(),
+        rules: Default::default(),
+        secrets: Default::default(),
     };
     let d = |t| decide_with(&star, Protocol::Http, "GET", Mode::Full, t);
     assert_eq!(d("127.0.0.1"), "not_allowed_local");
@@ -198,7 +203,8 @@ fn inspected_connect() {
             true => SideDoors { upgrade: true, ..SideDoors::default() },
             false => SideDoors::default(),
         };
-        let request = Request { protocol, target: &target, method, mode, side_doors, inspected };
+        let request =
+            Request { protocol, target: &target, method, mode, side_doors, inspected, http: None };
         assert_eq!(
             outcome(p.decide(&request)),
             expected,
@@ -233,6 +239,7 @@ fn inspected_connect() {
         mode: Limited,
         side_doors: SideDoors::default(),
         inspected,
+        http: None,
     };
     let allowed = |inspected| match p.decide(&request(inspected)) {
         Verdict::Consult(consult) => consult.allow(),
@@ -256,6 +263,7 @@ fn side_doors_in_limited_mode() {
                 mode,
                 side_doors,
                 inspected: false,
+                http: None,
             };
             let want = if mode == Mode::Full { "allow" } else { expected };
             assert_eq!(outcome(p.decide(&request)), want, "{headers:?} {mode}");
@@ -296,6 +304,7 @@ fn the_decider_only_sees_allowlist_misses() {
         mode,
         side_doors: SideDoors::default(),
         inspected: false,
+        http: None,
     };
     let consult = |mode, method| match p.decide(&request(mode, method)) {
         Verdict::Consult(consult) => consult,
@@ -441,6 +450,8 @@ fn embedded_ipv4_spellings_cannot_unlock_or_dodge() {
         allow_local_binding: false,
         enabled: true,
         unix_sockets: Vec::new(),
+        rules: Default::default(),
+        secrets: Default::default(),
     };
     let d = |t| decide_with(&p, Protocol::Http, "GET", Mode::Full, t);
     assert_eq!(d("[::ffff:127.0.0.1]"), "not_allowed_local");
@@ -483,6 +494,8 @@ fn every_ipv4_embedding_is_judged_by_the_ipv4_address() {
         allow_local_binding: false,
         enabled: true,
         unix_sockets: Vec::new(),
+        rules: Default::default(),
+        secrets: Default::default(),
     };
     let own: [SocketAddr; 0] = [];
     for form in local_forms {
@@ -508,6 +521,8 @@ fn every_ipv4_embedding_is_judged_by_the_ipv4_address() {
         allow_local_binding: false,
         enabled: true,
         unix_sockets: Vec::new(),
+        rules: Default::default(),
+        secrets: Default::default(),
     };
     for form in [
         "93.184.216.34",

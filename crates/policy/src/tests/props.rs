@@ -93,9 +93,11 @@ proptest! {
             allow_local_binding,
             enabled: true,
             unix_sockets: Vec::new(),
+            rules: Default::default(),
+            secrets: Default::default(),
         };
         let mode = if limited { Mode::Limited } else { Mode::Full };
-        let request = Request { protocol, target: &target, method: Some(method), mode, side_doors: SideDoors::default(), inspected: false };
+        let request = Request { protocol, target: &target, method: Some(method), mode, side_doors: SideDoors::default(), inspected: false, http: None };
         prop_assert_eq!(policy.decide(&request), Verdict::Decided(Decision::Block(Reason::Denied)));
         if let Some(ip) = target.host.ip() {
             prop_assert_eq!(policy.check_resolved(&target, &[ip], &[]), Decision::Block(Reason::Denied));

@@ -160,6 +160,8 @@ impl Setup {
             allow_local_binding: self.allow_local_binding,
             enabled: self.enabled,
             unix_sockets: Vec::new(),
+            rules: Default::default(),
+            secrets: Default::default(),
         };
         let resolver = Arc::new(self.resolver);
         let dialer = Dialer::new(resolver.clone(), Duration::from_secs(2), self.connect_timeout);

@@ -1,0 +1,111 @@
+//! Request rules (`[[network.rules]]`) through the binary with real curl, under `proxyd exec`
+//! (which hands curl the interception CA): method, path and header rules over plain HTTP and,
+//! intercepted in full mode, over HTTPS; the path normalisation that refuses `%2e%2e`; a token
+//! injected for one host and the client's own `Authorization` stripped.
+
+use std::process::Stdio;
+
+use anyhow::{Context as _, ensure};
+use proxyd_test_support::{HttpOrigin, TestCa, TlsOrigin, temp_dir};
+use tokio::process::Command;
+use tokio::time::timeout;
+
+use crate::admin_support::{CURL, write};
+use crate::support::BOUND;
+
+const PROXYD: &str = env!("CARGO_BIN_EXE_proxyd");
+
+const RULES: &str = r#"[network]
+allowed_domains = ["api.localhost", "tok.localhost"]
+
+[[network.rules]]
+name = "no-admin"
+host = "api.localhost"
+paths = ["/admin/**"]
+action = "deny"
+
+[[network.rules]]
+name = "org-read"
+host = "api.localhost"
+methods = ["GET", "HEAD"]
+paths = ["/repos/our-org/**"]
+
+[[network.rules]]
+name = "upload"
+host = "api.localhost"
+methods = ["POST"]
+paths = ["/v1/upload"]
+headers = ["content-type: application/octet-stream"]
+
+[[network.rules]]
+name = "token"
+host = "tok.localhost"
+strip_headers = ["authorization"]
+inject_header = "authorization"
+inject_prefix = "Bearer "
+secret_env = "TOK_SECRET"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_allow_and_deny_by_method_path_and_header_over_http_and_https() -> anyhow::Result<()>
+{
+    let http = HttpOrigin::start().await?;
+    let ca = TestCa::new()?;
+    let https = TlsOrigin::start(&ca, &["api.localhost"]).await?;
+    let dir = temp_dir("proxyd-rules")?;
+    let ca_file = ca.write_pem(dir.path())?;
+    let config = dir.join("config.toml");
+    write(&config, RULES)?;
+    let (p, t) = (http.addr().port(), https.addr().port());
+    let code = format!("{CURL} -s -o /dev/null -w '%{{http_code}}\\n'");
+    let script = [
+        format!("{code} http://api.localhost:{p}/repos/our-org/x"),
+        format!("{code} http://api.localhost:{p}/repos/other/x"),
+        format!("{code} -X POST -H 'content-type: application/octet-stream' --data x http://api.localhost:{p}/v1/upload"),
+        format!("{code} -X POST --data x http://api.localhost:{p}/v1/upload"),
+        format!("{code} --path-as-is http://api.localhost:{p}/repos/our-org/%2e%2e/secret"),
+        format!("{code} https://api.localhost:{t}/repos/our-org/y"),
+        format!("{code} https://api.localhost:{t}/admin/users"),
+        format!("{code} -H 'authorization: Bearer client-guess' http://tok.localhost:{p}/t"),
+        format!("{CURL} -s https://api.localhost:{t}/admin/users"),
+    ]
+    .join("; ");
+    let output = Command::new(PROXYD)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("CODEX_HOME", dir.path())
+        .env("SSL_CERT_FILE", &ca_file)
+        .env("TOK_SECRET", "real-secret")
+        .args(["exec", "--config"])
+        .arg(&config)
+        .args(["--", "/bin/sh", "-c", &script])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = timeout(BOUND + BOUND, output).await.context("exec did not exit")??;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let lines: Vec<&str> = stdout.lines().collect();
+    ensure!(lines.len() == 9, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let codes = &lines[..8];
+    ensure!(
+        codes == ["200", "403", "200", "403", "400", "200", "403", "200"],
+        "codes {codes:?}\nstderr:\n{stderr}"
+    );
+    let body: serde_json::Value = serde_json::from_str(lines[8]).context("blocked json")?;
+    ensure!(
+        body["reason"] == "rule_denied"
+            && body["rule"] == "no-admin"
+            && body["protocol"] == "https",
+        "{body}"
+    );
+    // Only the allowed requests reached the origins, the refused path included in none.
+    let paths: Vec<String> = http.requests().iter().map(|r| r.target.clone()).collect();
+    ensure!(paths == ["/repos/our-org/x", "/v1/upload", "/t"], "{paths:?}");
+    let https_paths: Vec<String> = https.requests().iter().map(|r| r.target.clone()).collect();
+    ensure!(https_paths == ["/repos/our-org/y"], "{https_paths:?}");
+    let tok = http.requests().into_iter().find(|r| r.target == "/t").context("token request")?;
+    ensure!(tok.header("authorization") == Some("Bearer real-secret"), "{tok:?}");
+    ensure!(!stderr.contains("real-secret"), "the secret reached a log: {stderr}");
+    Ok(())
+}
