@@ -12,6 +12,7 @@ mod forward;
 mod lifecycle;
 mod limited;
 mod mitm;
+mod rules;
 mod tls;
 #[cfg(unix)]
 mod unix;
