@@ -57,6 +57,18 @@ async fn rules_allow_and_deny_by_method_path_and_header_over_http_and_https() ->
     let config = dir.join("config.toml");
     write(&config, RULES)?;
     let (p, t) = (http.addr().port(), https.addr().port());
+    let py = dir.join("client.py");
+    write(
+        &py,
+        &format!(
+            "import urllib.request, urllib.error\n\
+             for path in ('/repos/our-org/py', '/repos/other/py'):\n    \
+             try:\n        \
+             print('py', urllib.request.urlopen('https://api.localhost:{t}' + path).status)\n    \
+             except urllib.error.HTTPError as err:\n        \
+             print('py', err.code)\n"
+        ),
+    )?;
     let code = format!("{CURL} -s -o /dev/null -w '%{{http_code}}\\n'");
     let script = [
         format!("{code} http://api.localhost:{p}/repos/our-org/x"),
@@ -68,6 +80,8 @@ async fn rules_allow_and_deny_by_method_path_and_header_over_http_and_https() ->
         format!("{code} https://api.localhost:{t}/admin/users"),
         format!("{code} -H 'authorization: Bearer client-guess' http://tok.localhost:{p}/t"),
         format!("{CURL} -s https://api.localhost:{t}/admin/users"),
+        // Python's urllib, through HTTPS_PROXY and the bundle `proxyd exec` hands it.
+        format!("python3 {}", py.display()),
     ]
     .join("; ");
     let output = Command::new(PROXYD)
@@ -86,7 +100,8 @@ async fn rules_allow_and_deny_by_method_path_and_header_over_http_and_https() ->
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     let lines: Vec<&str> = stdout.lines().collect();
-    ensure!(lines.len() == 9, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    ensure!(lines.len() == 11, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    ensure!(lines[9..] == ["py 200", "py 403"], "python: {:?}\nstderr:\n{stderr}", &lines[9..]);
     let codes = &lines[..8];
     ensure!(
         codes == ["200", "403", "200", "403", "400", "200", "403", "200"],
@@ -103,7 +118,7 @@ async fn rules_allow_and_deny_by_method_path_and_header_over_http_and_https() ->
     let paths: Vec<String> = http.requests().iter().map(|r| r.target.clone()).collect();
     ensure!(paths == ["/repos/our-org/x", "/v1/upload", "/t"], "{paths:?}");
     let https_paths: Vec<String> = https.requests().iter().map(|r| r.target.clone()).collect();
-    ensure!(https_paths == ["/repos/our-org/y"], "{https_paths:?}");
+    ensure!(https_paths == ["/repos/our-org/y", "/repos/our-org/py"], "{https_paths:?}");
     let tok = http.requests().into_iter().find(|r| r.target == "/t").context("token request")?;
     ensure!(tok.header("authorization") == Some("Bearer real-secret"), "{tok:?}");
     ensure!(!stderr.contains("real-secret"), "the secret reached a log: {stderr}");

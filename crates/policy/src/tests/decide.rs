@@ -549,3 +549,54 @@ fn every_ipv4_embedding_is_judged_by_the_ipv4_address() {
         );
     }
 }
+
+/// Issue 12: a host with request rules is reachable only by requests proxyd can read: HTTP(S)
+/// requests the rules allow, and tunnels it intercepts. Opaque tunnels, SOCKS5 it does not
+/// intercept, and UDP are refused; hosts without rules are unaffected.
+#[test]
+fn hosts_with_rules_refuse_what_rules_cannot_see() {
+    use crate::rules::{PathPattern, RequestFacts, Rule, RuleAction, RuleSet};
+    let rule = Rule {
+        name: "read".into(),
+        host: crate::pattern::Pattern::parse("ruled.example.com", ListKind::Allowed).unwrap(),
+        methods: Some(vec!["GET".into()]),
+        paths: vec![PathPattern::parse("/ok/**").unwrap()],
+        query: Vec::new(),
+        headers: Vec::new(),
+        action: RuleAction::Allow,
+        strip_headers: Vec::new(),
+        inject: None,
+    };
+    let p = Policy { rules: RuleSet::compile(vec![rule]).unwrap(), ..policy(false) };
+    let target = Target::parse_authority("ruled.example.com:443", None).unwrap();
+    let other = Target::parse_authority("example.com:443", None).unwrap();
+    let decide = |protocol, inspected, target: &Target, path: Option<&str>| {
+        let facts = path.map(|path| RequestFacts {
+            target,
+            method: "GET",
+            path,
+            query: None,
+            headers: &[],
+        });
+        let request = Request {
+            protocol,
+            target,
+            method: Some("GET"),
+            mode: Mode::Full,
+            side_doors: SideDoors::default(),
+            inspected,
+            http: facts.as_ref(),
+        };
+        outcome(p.decide(&request))
+    };
+    assert_eq!(decide(Protocol::Https, false, &target, Some("/ok/x")), "consult");
+    assert_eq!(decide(Protocol::Https, false, &target, Some("/no")), "rule_denied");
+    assert_eq!(decide(Protocol::Https, false, &target, Some("/ok/../x")), "invalid_path");
+    assert_eq!(decide(Protocol::Https, false, &target, None), "rule_denied");
+    assert_eq!(decide(Protocol::HttpConnect, false, &target, None), "rule_denied");
+    assert_eq!(decide(Protocol::HttpConnect, true, &target, None), "consult");
+    assert_eq!(decide(Protocol::Socks5, false, &target, None), "rule_denied");
+    assert_eq!(decide(Protocol::Socks5, true, &target, None), "consult");
+    assert_eq!(decide(Protocol::Socks5Udp, false, &target, None), "rule_denied");
+    assert_eq!(decide(Protocol::Socks5, false, &other, None), "allow");
+}
