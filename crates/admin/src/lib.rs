@@ -31,6 +31,29 @@ pub struct ConfigEntry {
     pub origin: String,
 }
 
+/// A question waiting for a person (`GET /pending`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingQuestion {
+    pub id: u64,
+    pub protocol: String,
+    pub host: String,
+    pub port: u16,
+    pub method: Option<String>,
+    pub client: Option<String>,
+    /// How long it has waited.
+    pub waited_ms: u64,
+    /// Requests held on it.
+    pub waiting: usize,
+}
+
+/// The answers `POST /pending/ID` takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PendingAnswer {
+    AllowOnce,
+    AllowAlways,
+    Deny,
+}
+
 /// Why a reload was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReloadError {
@@ -70,4 +93,15 @@ pub trait Control: Send + Sync + 'static {
     fn reload(&self) -> BoxFuture<'_, Result<Vec<String>, ReloadError>>;
     /// Prometheus text exposition.
     fn metrics(&self) -> String;
+
+    /// The questions of `on_miss = "ask"` waiting for an answer, oldest first.
+    fn pending(&self) -> Vec<PendingQuestion> {
+        Vec::new()
+    }
+
+    /// Answers a pending question (`allow-once`, `allow-always`, `deny`); `false` when there
+    /// is no such question (answered already, or timed out).
+    fn answer(&self, _id: u64, _answer: PendingAnswer) -> bool {
+        false
+    }
 }

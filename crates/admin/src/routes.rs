@@ -4,7 +4,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Response, StatusCode, header};
 use http_body_util::Full;
 
-use crate::{Control, Mode, ReloadError};
+use crate::{Control, Mode, PendingAnswer, ReloadError};
 
 pub(crate) type Body = Full<Bytes>;
 
@@ -27,11 +27,58 @@ pub(crate) async fn route(
         ("GET" | "HEAD", "/metrics") => text(StatusCode::OK, control.metrics()),
         ("POST", "/mode") => mode(control, body),
         ("POST", "/reload") => reload(control).await,
+        ("GET" | "HEAD", "/pending") => pending(control),
+        ("POST", p) if p.starts_with("/pending/") => answer(control, &p["/pending/".len()..], body),
         (_, "/health" | "/config" | "/patterns" | "/blocked" | "/metrics") => {
             method_not_allowed("GET, HEAD")
         }
         (_, "/mode" | "/reload") => method_not_allowed("POST"),
+        (_, "/pending") => method_not_allowed("GET, HEAD"),
+        (_, p) if p.starts_with("/pending/") => method_not_allowed("POST"),
         _ => error(StatusCode::NOT_FOUND, "no such endpoint"),
+    }
+}
+
+fn pending(control: &dyn Control) -> Response<Body> {
+    let questions: Vec<serde_json::Value> = control
+        .pending()
+        .into_iter()
+        .map(|q| {
+            serde_json::json!({
+                "id": q.id,
+                "protocol": q.protocol,
+                "host": q.host,
+                "port": q.port,
+                "method": q.method,
+                "client": q.client,
+                "waited_ms": q.waited_ms,
+                "waiting": q.waiting,
+            })
+        })
+        .collect();
+    json(StatusCode::OK, serde_json::json!({ "pending": questions }))
+}
+
+/// `POST /pending/ID` with `{"answer": "allow-once" | "allow-always" | "deny"}`.
+fn answer(control: &dyn Control, id: &str, body: &[u8]) -> Response<Body> {
+    let Ok(id) = id.parse::<u64>() else {
+        return error(StatusCode::BAD_REQUEST, "the question id must be a number");
+    };
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let answer = match parsed.as_ref().and_then(|b| b.get("answer")).and_then(|a| a.as_str()) {
+        Some("allow-once") => PendingAnswer::AllowOnce,
+        Some("allow-always") => PendingAnswer::AllowAlways,
+        Some("deny") => PendingAnswer::Deny,
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "expected {\"answer\": \"allow-once\" | \"allow-always\" | \"deny\"}",
+            );
+        }
+    };
+    match control.answer(id, answer) {
+        true => json(StatusCode::OK, serde_json::json!({ "status": "answered", "id": id })),
+        false => error(StatusCode::NOT_FOUND, "no such pending question (answered or timed out)"),
     }
 }
 

@@ -32,6 +32,9 @@ pub enum NetworkDecision {
     Deny {
         reason: String,
     },
+    /// Ask a person (`GET /pending` and `POST /pending/ID`, or `proxyd exec --ask`'s prompt);
+    /// with `on_miss = "deny"` (no asker) this is a deny (`not_allowed`).
+    Ask,
 }
 
 impl NetworkDecision {
@@ -78,6 +81,7 @@ impl proxyd_net::Decider for Adapter {
             match answer.await {
                 NetworkDecision::Allow => DeciderAnswer::Allow,
                 NetworkDecision::Deny { reason } => DeciderAnswer::Deny(reason),
+                NetworkDecision::Ask => DeciderAnswer::Ask,
             }
         })
     }

@@ -30,6 +30,7 @@ pub fn untrusted_config_files(sources: &Sources) -> Vec<String> {
 pub use proxyd_admin::{BlockedEntry, ReloadError};
 pub use proxyd_config::{Config, ConfigErrors, Sources};
 pub use proxyd_http_proxy::{Broker, Credential};
+pub use proxyd_net::{Answer, Question};
 pub use proxyd_net::{CLIENT_SHARE, MAX_LOOKUPS, Resolver, StaticResolver, SystemResolver};
 pub use proxyd_policy::Mode;
 

@@ -8,7 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
-use proxyd_admin::{BlockedEntry, BlockedLog, BoxFuture, ConfigEntry, Control, ReloadError};
+use proxyd_admin::{
+    BlockedEntry, BlockedLog, BoxFuture, ConfigEntry, Control, PendingAnswer, PendingQuestion,
+    ReloadError,
+};
 use proxyd_config::{Config, Sources, Value};
 use proxyd_net::{Connections, Engine, Event, EventSink, Outcome};
 use proxyd_policy::Mode;
@@ -272,6 +275,38 @@ impl Control for Live {
 
     fn reload(&self) -> BoxFuture<'_, Result<Vec<String>, ReloadError>> {
         Box::pin(async move { self.reload_now() })
+    }
+
+    fn pending(&self) -> Vec<PendingQuestion> {
+        let Some(asker) = self.engine.asker() else { return Vec::new() };
+        asker
+            .pending()
+            .into_iter()
+            .map(|q| PendingQuestion {
+                id: q.id,
+                protocol: q.protocol.as_str().to_owned(),
+                host: q.host,
+                port: q.port,
+                method: q.method,
+                client: q.client.map(|c| c.to_string()),
+                waited_ms: u64::try_from(q.asked_at.elapsed().as_millis()).unwrap_or(u64::MAX),
+                waiting: q.waiting,
+            })
+            .collect()
+    }
+
+    fn answer(&self, id: u64, answer: PendingAnswer) -> bool {
+        let Some(asker) = self.engine.asker() else { return false };
+        let answer = match answer {
+            PendingAnswer::AllowOnce => proxyd_net::Answer::AllowOnce,
+            PendingAnswer::AllowAlways => proxyd_net::Answer::AllowAlways,
+            PendingAnswer::Deny => proxyd_net::Answer::Deny,
+        };
+        let answered = asker.answer(id, answer);
+        if answered {
+            tracing::info!(id, ?answer, "pending question answered through the admin api");
+        }
+        answered
     }
 
     fn metrics(&self) -> String {

@@ -33,6 +33,7 @@ pub struct NetworkProxyBuilder {
     exec_policy_hint: Option<String>,
     extra_ca_file: Option<PathBuf>,
     broker: Option<Broker>,
+    ask: bool,
 }
 
 impl NetworkProxyBuilder {
@@ -106,6 +107,13 @@ impl NetworkProxyBuilder {
     /// The embedder's exec-policy hint, passed to the decider untouched.
     pub fn exec_policy_hint(mut self, hint: impl Into<String>) -> Self {
         self.exec_policy_hint = Some(hint.into());
+        self
+    }
+
+    /// Asks a person about allowlist misses, as `on_miss = "ask"` does, whatever the config
+    /// says (`proxyd exec --ask`).
+    pub fn ask(mut self) -> Self {
+        self.ask = true;
         self
     }
 
@@ -192,6 +200,10 @@ impl NetworkProxyBuilder {
         let mut engine = Engine::builder(config.policy(), config.mode, dialer)
             .sink(recorder.clone())
             .lifecycle(lifecycle.clone());
+        if config.on_miss_ask || self.ask {
+            let asker = proxyd_net::Asker::new(config.ask_timeout, config.ask_max_pending);
+            engine = engine.asker(Arc::new(asker));
+        }
         if let Some(decider) = self.decider {
             let adapter =
                 Adapter { decider, command: self.command, exec_policy_hint: self.exec_policy_hint };
@@ -415,6 +427,24 @@ impl NetworkProxyHandle {
             Some(run) => run.live.reload_now(),
             None => Ok(Vec::new()),
         }
+    }
+
+    /// With `on_miss = "ask"`: new questions as they are asked (for a prompt).
+    pub fn questions(&self) -> Option<tokio::sync::broadcast::Receiver<proxyd_net::Question>> {
+        let run = self.run.as_ref()?;
+        run.live.engine.asker().map(|asker| asker.subscribe())
+    }
+
+    /// With `on_miss = "ask"`: the questions waiting now.
+    pub fn pending(&self) -> Vec<proxyd_net::Question> {
+        let asker = self.run.as_ref().and_then(|run| run.live.engine.asker().cloned());
+        asker.map(|asker| asker.pending()).unwrap_or_default()
+    }
+
+    /// Answers a pending question; `false` when there is no such question.
+    pub fn answer(&self, id: u64, answer: proxyd_net::Answer) -> bool {
+        let asker = self.run.as_ref().and_then(|run| run.live.engine.asker().cloned());
+        asker.is_some_and(|asker| asker.answer(id, answer))
     }
 
     /// The blocked log, oldest first.

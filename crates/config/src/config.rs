@@ -63,6 +63,12 @@ pub struct Config {
     /// Where the interception CA's certificate is written; `$CODEX_HOME/proxy` by default
     /// (`CODEX_HOME` defaults to `~/.codex`). `None` when neither variable is set.
     pub ca_dir: Option<PathBuf>,
+    /// `on_miss = "ask"`: an allowlist miss waits for a person's answer instead of failing.
+    pub on_miss_ask: bool,
+    /// How long an asked request waits before it is denied (`ask_timeout`).
+    pub ask_timeout: Duration,
+    /// At most this many questions wait at once (`ask_max_pending`).
+    pub ask_max_pending: usize,
     /// `[[network.rules]]`: request rules inside HTTP and HTTPS, in order (secrets read).
     pub rules: Vec<RuleSpec>,
     /// `[[network.credentials]]`: tokens `proxyd exec` brokers (secrets read).
@@ -133,6 +139,9 @@ impl Default for Config {
             warnings: Vec::new(),
             origins: BTreeMap::new(),
             compiled: Compiled::default(),
+            on_miss_ask: false,
+            ask_timeout: Duration::from_secs(60),
+            ask_max_pending: 16,
             rules: Vec::new(),
             credentials: Vec::new(),
         }

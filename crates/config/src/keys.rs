@@ -53,6 +53,9 @@ pub(crate) const KEYS: &[(&str, Apply)] = &[
     ("admin_token_file", |c, i| set(&mut c.admin_token_file, i.optional_path())),
     ("mitm", |c, i| set(&mut c.mitm, i.bool())),
     ("ca_dir", |c, i| set(&mut c.ca_dir, i.dir().map(Some))),
+    ("on_miss", |c, i| set(&mut c.on_miss_ask, i.on_miss())),
+    ("ask_timeout", |c, i| set(&mut c.ask_timeout, i.duration(false))),
+    ("ask_max_pending", |c, i| set(&mut c.ask_max_pending, i.count(MAX_PENDING))),
     ("rules", |c, i| set(&mut c.rules, crate::rules::parse_rules(i.value, i.src))),
     ("credentials", |c, i| {
         set(&mut c.credentials, crate::rules::parse_credentials(i.value, i.src))
@@ -62,6 +65,7 @@ pub(crate) const KEYS: &[(&str, Apply)] = &[
 /// Upper bounds that catch typos (an extra digit or three) before they become memory use.
 pub(crate) const MAX_CONNECTIONS: usize = 1_000_000;
 pub(crate) const MAX_BLOCKED_LOG: usize = 1_000_000;
+pub(crate) const MAX_PENDING: usize = 1_000;
 /// The longest accepted duration: longer is almost certainly a unit typo (`5h` for `5m`),
 /// and it keeps `Instant + timeout` far from overflowing.
 pub(crate) const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
@@ -150,6 +154,18 @@ impl Input<'_> {
     fn listener(&self) -> Result<std::net::SocketAddr, Errors> {
         let text = self.str("a string such as \"http://127.0.0.1:3128\"")?;
         listen::parse(text).map_err(|reason| self.invalid(self.value.span(), reason))
+    }
+
+    /// `on_miss`: `"deny"` (the default) or `"ask"`.
+    fn on_miss(&self) -> Result<bool, Errors> {
+        match self.str("\"deny\" or \"ask\"")? {
+            "deny" => Ok(false),
+            "ask" => Ok(true),
+            other => Err(self.invalid(
+                self.value.span(),
+                format!("expected \"deny\" or \"ask\", found {other:?}"),
+            )),
+        }
     }
 
     fn mode(&self) -> Result<Mode, Errors> {

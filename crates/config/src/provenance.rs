@@ -155,6 +155,9 @@ impl Config {
             ("admin_token_file", token_file),
             ("mitm", Value::Bool(self.mitm)),
             ("ca_dir", self.ca_dir.as_ref().map_or(Value::Unset, |dir| path(dir))),
+            ("on_miss", Value::String(if self.on_miss_ask { "ask" } else { "deny" }.to_owned())),
+            ("ask_timeout", duration(self.ask_timeout)),
+            ("ask_max_pending", count(self.ask_max_pending)),
             (
                 "rules",
                 Value::Summary(

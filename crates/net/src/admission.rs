@@ -364,23 +364,51 @@ impl Admission {
                 consult
             }
         };
-        let Some((decider, timeout)) = &self.engine.inner.decider else {
-            return consult.not_allowed();
+        let answer = match &self.engine.inner.decider {
+            Some((decider, timeout)) => {
+                let question = DeciderRequest {
+                    protocol: attempt.protocol,
+                    host: attempt.target.host.to_string(),
+                    port: attempt.target.port,
+                    client_addr: attempt.client,
+                    method: attempt.method.clone(),
+                };
+                match tokio::time::timeout(*timeout, decider.decide(question)).await {
+                    Ok(answer) => answer,
+                    Err(_) => return consult.deny("decider_timeout"),
+                }
+            }
+            // No decider: a person is asked when the engine has an asker.
+            None => DeciderAnswer::Ask,
         };
-        let question = DeciderRequest {
-            protocol: attempt.protocol,
-            host: attempt.target.host.to_string(),
-            port: attempt.target.port,
-            client_addr: attempt.client,
-            method: attempt.method.clone(),
-        };
-        match tokio::time::timeout(*timeout, decider.decide(question)).await {
-            Ok(DeciderAnswer::Allow) => {
+        match answer {
+            DeciderAnswer::Allow => {
                 self.decider_allowed = true;
                 consult.allow()
             }
-            Ok(DeciderAnswer::Deny(reason)) => consult.deny(reason),
-            Err(_) => consult.deny("decider_timeout"),
+            DeciderAnswer::Deny(reason) => consult.deny(reason),
+            DeciderAnswer::Ask => {
+                let Some(asker) = self.engine.inner.asker.clone() else {
+                    return consult.not_allowed();
+                };
+                let host = attempt.target.host.to_string();
+                let asked = asker
+                    .ask(
+                        attempt.protocol,
+                        &host,
+                        attempt.target.port,
+                        attempt.method.as_deref(),
+                        attempt.client,
+                    )
+                    .await;
+                match asked {
+                    Ok(()) => {
+                        self.decider_allowed = true;
+                        consult.allow()
+                    }
+                    Err(unanswered) => consult.deny(unanswered.code()),
+                }
+            }
         }
     }
 

@@ -15,6 +15,7 @@ use proxyd_lifecycle::Lifecycle;
 use proxyd_policy::{Mode, Policy, Protocol, Reason};
 
 use crate::admission::{Facts, LeaseState};
+use crate::ask::Asker;
 use crate::dial::Dialer;
 use crate::resolve::BoxFuture;
 
@@ -33,6 +34,8 @@ pub struct DeciderRequest {
 pub enum DeciderAnswer {
     Allow,
     Deny(String),
+    /// Ask a person (the engine's [`crate::Asker`]); without one, a deny (`not_allowed`).
+    Ask,
 }
 
 /// An asynchronous policy hook, consulted only for `not_allowed` and bounded by
@@ -111,6 +114,8 @@ pub(crate) struct Inner {
     changing: Mutex<()>,
     pub(crate) dialer: Dialer,
     pub(crate) decider: Option<(Arc<dyn Decider>, Duration)>,
+    /// `on_miss = "ask"`: allowlist misses the decider did not settle wait for a person.
+    pub(crate) asker: Option<Arc<Asker>>,
     sinks: Vec<Arc<dyn EventSink>>,
     pub(crate) lifecycle: Lifecycle,
     /// Every live exchange (tunnel, upgraded connection, streaming request, association).
@@ -125,9 +130,15 @@ impl Engine {
             mode,
             dialer,
             decider: None,
+            asker: None,
             sinks: Vec::new(),
             lifecycle: Lifecycle::new(),
         }
+    }
+
+    /// The questions of `on_miss = "ask"`, when set.
+    pub fn asker(&self) -> Option<&Arc<Asker>> {
+        self.inner.asker.as_ref()
     }
 
     pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
@@ -285,6 +296,7 @@ pub struct EngineBuilder {
     mode: Mode,
     dialer: Dialer,
     decider: Option<(Arc<dyn Decider>, Duration)>,
+    asker: Option<Arc<Asker>>,
     sinks: Vec<Arc<dyn EventSink>>,
     lifecycle: Lifecycle,
 }
@@ -292,6 +304,12 @@ pub struct EngineBuilder {
 impl EngineBuilder {
     pub fn decider(mut self, decider: Arc<dyn Decider>, timeout: Duration) -> EngineBuilder {
         self.decider = Some((decider, timeout));
+        self
+    }
+
+    /// Holds allowlist misses for a person's answer (`on_miss = "ask"`).
+    pub fn asker(mut self, asker: Arc<Asker>) -> EngineBuilder {
+        self.asker = Some(asker);
         self
     }
 
@@ -315,6 +333,7 @@ impl EngineBuilder {
                 changing: Mutex::new(()),
                 dialer: self.dialer,
                 decider: self.decider,
+                asker: self.asker,
                 sinks: self.sinks,
                 lifecycle: self.lifecycle,
                 leases: Mutex::new(HashMap::new()),

@@ -40,6 +40,7 @@
 //!   (64 KiB) the first time a read fills it.
 
 mod admission;
+mod ask;
 mod dial;
 mod engine;
 mod error;
@@ -53,6 +54,7 @@ mod udp;
 mod unix;
 
 pub use admission::{Admission, Attempt, Failure, HttpFacts, Lease, Refusal, RuleEdits};
+pub use ask::{Answer, Asker, Question};
 pub use dial::{CONNECTION_ATTEMPT_DELAY, Checked, Connected, Dialer, OperatorEndpoint};
 pub use engine::{
     Decider, DeciderAnswer, DeciderRequest, Engine, EngineBuilder, Event, EventSink, Outcome,
