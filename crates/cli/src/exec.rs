@@ -81,6 +81,53 @@ pub fn ca_env(bundle: &Path) -> Vec<(String, String)> {
 }
 
 /// Quotes a command line for display and for the decider's `command` (POSIX shell style).
+/// `proxyd exec --ask`: asks on the terminal (`/dev/tty`, not the command's stdout or stderr)
+/// about each allowlist miss, one question at a time, on a thread of its own. The answer is
+/// `o` (allow once), `a` (allow always, for this run) or `d` (deny); anything else asks again.
+pub fn prompt_on_tty(
+    asker: std::sync::Arc<proxyd_net::Asker>,
+    command: String,
+) -> std::io::Result<()> {
+    use std::io::{BufRead as _, Write as _};
+    let tty = std::fs::OpenOptions::new().read(true).write(true).open("/dev/tty")?;
+    let mut questions = asker.subscribe();
+    std::thread::Builder::new().name("proxyd-ask".into()).spawn(move || {
+        let mut reader = std::io::BufReader::new(match tty.try_clone() {
+            Ok(tty) => tty,
+            Err(_) => return,
+        });
+        let mut out = tty;
+        while let Ok(question) = questions.blocking_recv() {
+            let method = question.method.as_deref().map(|m| format!("{m} ")).unwrap_or_default();
+            loop {
+                let _ = write!(
+                    out,
+                    "\r\nproxyd: `{command}` wants {method}{}:{} ({}). Allow [o]nce, [a]lways, [d]eny? ",
+                    question.host,
+                    question.port,
+                    question.protocol.as_str()
+                );
+                let _ = out.flush();
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                let answer = match line.trim() {
+                    "o" | "once" => proxyd_net::Answer::AllowOnce,
+                    "a" | "always" => proxyd_net::Answer::AllowAlways,
+                    "d" | "deny" => proxyd_net::Answer::Deny,
+                    _ => continue,
+                };
+                if !asker.answer(question.id, answer) {
+                    let _ = writeln!(out, "proxyd: that question had already expired\r");
+                }
+                break;
+            }
+        }
+    })?;
+    Ok(())
+}
+
 /// A placeholder of the same shape as a real token: the same length, the same prefix up to and
 /// including the last `_` or `-` within its first 12 characters (`ghp_`, `github_pat_`,
 /// `sk-`, `xoxb-`), and random letters and digits for the rest, so a tool that checks a

@@ -41,6 +41,10 @@ enum Command {
     /// Run COMMAND behind a fresh proxy on ephemeral loopback ports, with the proxy
     /// environment set; report what was blocked and exit with the command's status.
     Exec {
+        /// Ask on the terminal (`/dev/tty`) about each allowlist miss instead of refusing it:
+        /// allow once, allow always for this run, or deny.
+        #[arg(long)]
+        ask: bool,
         /// The command and its arguments (after `--`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         command: Vec<String>,
@@ -97,8 +101,8 @@ fn main() -> ExitCode {
             print!("{}", config.render());
             return ExitCode::SUCCESS;
         }
-        Some(Command::Exec { command }) => {
-            runtime().and_then(|rt| rt.block_on(exec(config, command)))
+        Some(Command::Exec { ask, command }) => {
+            runtime().and_then(|rt| rt.block_on(exec(config, command, ask)))
         }
         Some(Command::Ca { command }) => ca(&config, command).map(|()| ExitCode::SUCCESS),
         None if !config.enabled => {
@@ -235,13 +239,17 @@ async fn serve(sources: Sources, config: Config, sighup_reload: bool) -> anyhow:
 /// `proxyd exec`: the proxy on ephemeral loopback ports, one child, its exit status. The
 /// config is read once: the proxy is given no sources, so nothing (no signal, no API) can make
 /// it re-read a file the command may have rewritten.
-async fn exec(config: Config, command: Vec<String>) -> anyhow::Result<ExitCode> {
+async fn exec(config: Config, command: Vec<String>, ask: bool) -> anyhow::Result<ExitCode> {
     let mut signals = Signals::install()?;
     let loopback: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
     let allow_local_binding = config.allow_local_binding;
     let ca_dir = config.ca_dir.clone();
     let (broker, credential_env) = brokered_credentials(&config)?;
-    let proxy = NetworkProxy::builder()
+    let mut builder = NetworkProxy::builder();
+    if ask {
+        builder = builder.ask();
+    }
+    let proxy = builder
         .config(config)
         .broker(broker)
         .http_addr(loopback)
@@ -259,6 +267,10 @@ async fn exec(config: Config, command: Vec<String>) -> anyhow::Result<ExitCode> 
         _ => None,
     };
     let handle = proxy.run().await?;
+    if ask && let Some(asker) = handle.asker() {
+        proxyd::exec::prompt_on_tty(asker, proxyd::exec::shell_join(&command))
+            .context("--ask needs a terminal (/dev/tty)")?;
+    }
     let Some(http) = handle.http_addr() else {
         anyhow::bail!("network.enabled is false: there is no proxy to run the command behind");
     };

@@ -435,6 +435,11 @@ impl NetworkProxyHandle {
         run.live.engine.asker().map(|asker| asker.subscribe())
     }
 
+    /// With `on_miss = "ask"`: the questions themselves, to answer from another thread.
+    pub fn asker(&self) -> Option<Arc<proxyd_net::Asker>> {
+        self.run.as_ref().and_then(|run| run.live.engine.asker().cloned())
+    }
+
     /// With `on_miss = "ask"`: the questions waiting now.
     pub fn pending(&self) -> Vec<proxyd_net::Question> {
         let asker = self.run.as_ref().and_then(|run| run.live.engine.asker().cloned());

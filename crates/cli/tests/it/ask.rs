@@ -128,3 +128,75 @@ async fn questions_time_out_and_are_bounded() -> anyhow::Result<()> {
     ensure!(origin.hits() == 0);
     Ok(())
 }
+
+/// `proxyd exec --ask`, driven through a pseudo-terminal: the question appears on the terminal
+/// with host, port, protocol and the command; "always" lets that request and every later one
+/// to the same host through, with one question for the whole run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_ask_prompts_on_the_terminal_and_allow_always_applies_to_the_run() -> anyhow::Result<()>
+{
+    let origin = HttpOrigin::start().await?;
+    let dir = proxyd_test_support::temp_dir("proxyd-ask-pty")?;
+    let config = dir.join("config.toml");
+    crate::admin_support::write(
+        &config,
+        "[network]\nallowed_domains = [\"known.example\"]\nallow_local_binding = true\n",
+    )?;
+    let url = format!("http://127.0.0.1:{}/", origin.addr().port());
+    let script = format!(
+        "for i in 1 2; do /usr/bin/curl -s -o /dev/null -w 'code %{{http_code}}\\n' -x \"$HTTP_PROXY\" --noproxy '' {url}; done"
+    );
+    let driver = dir.join("drive.py");
+    crate::admin_support::write(
+        &driver,
+        &format!(
+            r#"import os, pty, select, sys, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv({proxyd:?}, [{proxyd:?}, "exec", "--ask", "--config", {config:?}, "--", "/bin/sh", "-c", {script:?}])
+out = b""
+answered = 0
+deadline = time.time() + 20
+while time.time() < deadline:
+    ready, _, _ = select.select([fd], [], [], 0.2)
+    if not ready:
+        continue
+    try:
+        chunk = os.read(fd, 4096)
+    except OSError:
+        break
+    if not chunk:
+        break
+    out += chunk
+    if out.count(b"Allow [o]nce") > answered:
+        answered += 1
+        os.write(fd, b"a\n")
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(out.decode(errors="replace"))
+sys.exit(os.waitstatus_to_exitcode(status))
+"#,
+            proxyd = env!("CARGO_BIN_EXE_proxyd"),
+            config = config.display().to_string(),
+        ),
+    )?;
+    let output = tokio::process::Command::new("python3")
+        .arg(&driver)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("CODEX_HOME", dir.path())
+        .kill_on_drop(true)
+        .output();
+    let output =
+        tokio::time::timeout(Duration::from_secs(30), output).await.context("pty driver")??;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    ensure!(output.status.success(), "{text}\n{}", String::from_utf8_lossy(&output.stderr));
+    ensure!(text.matches("Allow [o]nce").count() == 1, "one question for the run: {text}");
+    ensure!(
+        text.contains(&format!("GET 127.0.0.1:{} (http)", origin.addr().port()))
+            && text.contains("/bin/sh -c"),
+        "the question names host, port, protocol and the command: {text}"
+    );
+    ensure!(text.matches("code 200").count() == 2, "{text}");
+    ensure!(origin.hits() == 2);
+    Ok(())
+}
