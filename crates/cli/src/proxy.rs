@@ -25,6 +25,7 @@ pub struct NetworkProxyBuilder {
     http_addr: Option<SocketAddr>,
     socks_addr: Option<SocketAddr>,
     admin_addr: Option<SocketAddr>,
+    dns_addr: Option<SocketAddr>,
     without_admin: bool,
     resolver: Option<Arc<dyn Resolver>>,
     decider: Option<Arc<dyn NetworkPolicyDecider>>,
@@ -65,6 +66,13 @@ impl NetworkProxyBuilder {
     /// Overrides the admin listener address.
     pub fn admin_addr(mut self, addr: SocketAddr) -> Self {
         self.admin_addr = Some(addr);
+        self
+    }
+
+    /// Overrides the DNS service's address (it runs only when `dns_url` is set, or when this
+    /// is given).
+    pub fn dns_addr(mut self, addr: SocketAddr) -> Self {
+        self.dns_addr = Some(addr);
         self
     }
 
@@ -171,8 +179,13 @@ impl NetworkProxyBuilder {
                 Some(bind("admin", addr("admin_url", self.admin_addr, config.admin_addr)).await?)
             }
         };
+        let dns = match self.dns_addr.or(config.dns_addr) {
+            Some(configured) => Some(bind_dns(addr("dns_url", self.dns_addr, configured)).await?),
+            None => None,
+        };
         // proxyd never proxies to itself, admin listener included (SPEC §7.1, §8.3).
         let mut own = vec![http.1];
+        own.extend(dns.as_ref().map(|d| d.2));
         own.extend(admin.as_ref().map(|a| a.1));
         own.extend(socks.as_ref().map(|s| s.1));
         dialer.set_own_listeners(own);
@@ -260,9 +273,21 @@ impl NetworkProxyBuilder {
             );
             (listener, addr, server)
         });
+        let dns = dns.map(|(udp, tcp, addr)| {
+            let server = proxyd_dns::DnsServer::new(
+                engine.clone(),
+                proxyd_dns::Settings {
+                    tcp_timeout: config.header_read_timeout,
+                    max_connections: config.max_connections,
+                },
+            );
+            live.add_listener("dns", addr, server.connections());
+            (udp, tcp, addr, server)
+        });
         Ok(NetworkProxy {
             bound: Some(Bound {
                 live,
+                dns,
                 lifecycle,
                 drain_timeout: config.drain_timeout,
                 http: (http.0, http.1, http_proxy),
@@ -273,6 +298,27 @@ impl NetworkProxyBuilder {
             ca,
         })
     }
+}
+
+/// The DNS service's UDP socket and TCP listener on one address (with port 0, the TCP
+/// listener takes the port the kernel gave the UDP socket).
+#[expect(clippy::disallowed_methods, reason = "the DNS service's own listening socket, not egress")]
+async fn bind_dns(
+    addr: SocketAddr,
+) -> Result<(tokio::net::UdpSocket, TcpListener, SocketAddr), Error> {
+    let fail = |source| Error::Bind { listener: "dns", addr, source };
+    let mut last = None;
+    for _ in 0..8 {
+        let udp = tokio::net::UdpSocket::bind(addr).await.map_err(fail)?;
+        let bound = udp.local_addr().map_err(fail)?;
+        match TcpListener::bind(bound).await {
+            Ok(tcp) => return Ok((udp, tcp, bound)),
+            // Port 0 gave a UDP port whose TCP twin is taken: try another.
+            Err(err) if addr.port() == 0 => last = Some(err),
+            Err(err) => return Err(fail(err)),
+        }
+    }
+    Err(fail(last.unwrap_or_else(|| std::io::Error::other("no free port"))))
 }
 
 async fn bind(
@@ -289,6 +335,7 @@ async fn bind(
 
 struct Bound {
     live: Arc<Live>,
+    dns: Option<(tokio::net::UdpSocket, TcpListener, SocketAddr, proxyd_dns::DnsServer)>,
     lifecycle: Lifecycle,
     drain_timeout: std::time::Duration,
     http: (TcpListener, SocketAddr, HttpProxy),
@@ -341,7 +388,13 @@ impl NetworkProxy {
             tasks.spawn(async move { admin.serve(listener, &lifecycle).await });
             addr
         });
-        let addrs = Addrs { http: Some(http_addr), socks: socks_addr, admin: admin_addr };
+        let dns_addr = bound.dns.map(|(udp, tcp, addr, dns)| {
+            tracing::info!(listener = "dns", addr = %addr, "listening");
+            tasks.spawn(async move { dns.serve(udp, tcp).await });
+            addr
+        });
+        let addrs =
+            Addrs { http: Some(http_addr), socks: socks_addr, admin: admin_addr, dns: dns_addr };
         let run = Running {
             live: bound.live,
             lifecycle: bound.lifecycle,
@@ -356,6 +409,7 @@ struct Addrs {
     http: Option<SocketAddr>,
     socks: Option<SocketAddr>,
     admin: Option<SocketAddr>,
+    dns: Option<SocketAddr>,
 }
 
 /// A running proxy. Every method is a no-op (or `None`) when the proxy is disabled.
@@ -395,6 +449,11 @@ impl NetworkProxyHandle {
     /// The bound SOCKS5 address, when SOCKS5 is enabled.
     pub fn socks_addr(&self) -> Option<SocketAddr> {
         self.addrs.socks
+    }
+
+    /// The bound DNS service address (UDP and TCP), when `dns_url` is set.
+    pub fn dns_addr(&self) -> Option<SocketAddr> {
+        self.addrs.dns
     }
 
     /// The bound admin API address (`None` when built [`without_admin`](NetworkProxyBuilder::without_admin)).

@@ -30,6 +30,8 @@ pub struct Config {
     pub admin_addr: SocketAddr,
     /// `socks_url`, after clamping.
     pub socks_addr: SocketAddr,
+    /// `dns_url`: the DNS service's address (UDP and TCP); `None` (the default) runs none.
+    pub dns_addr: Option<SocketAddr>,
     pub enable_socks5: bool,
     pub enable_socks5_udp: bool,
     pub allow_upstream_proxy: bool,
@@ -113,6 +115,7 @@ impl Default for Config {
             http_addr: local(3128),
             admin_addr: local(8080),
             socks_addr: local(8081),
+            dns_addr: None,
             enable_socks5: true,
             enable_socks5_udp: true,
             allow_upstream_proxy: true,
@@ -223,6 +226,7 @@ impl Config {
             ("admin_url", self.admin_addr != new.admin_addr),
             ("enable_socks5", self.enable_socks5 != new.enable_socks5),
             ("socks_url", self.socks_addr != new.socks_addr),
+            ("dns_url", self.dns_addr != new.dns_addr),
             ("enable_socks5_udp", self.enable_socks5_udp != new.enable_socks5_udp),
         ]
         .into_iter()
@@ -382,6 +386,11 @@ impl Config {
         ];
         for (key, addr, rule) in listeners {
             let (clamped, warning) = listen::clamp(key, *addr, rule);
+            *addr = clamped;
+            self.warnings.extend(warning);
+        }
+        if let Some(addr) = &mut self.dns_addr {
+            let (clamped, warning) = listen::clamp("dns_url", *addr, proxy);
             *addr = clamped;
             self.warnings.extend(warning);
         }

@@ -27,6 +27,7 @@ pub(crate) const KEYS: &[(&str, Apply)] = &[
     ("admin_url", |c, i| set(&mut c.admin_addr, i.listener())),
     ("enable_socks5", |c, i| set(&mut c.enable_socks5, i.bool())),
     ("socks_url", |c, i| set(&mut c.socks_addr, i.listener())),
+    ("dns_url", |c, i| set(&mut c.dns_addr, i.optional_listener())),
     ("enable_socks5_udp", |c, i| set(&mut c.enable_socks5_udp, i.bool())),
     ("allow_upstream_proxy", |c, i| set(&mut c.allow_upstream_proxy, i.bool())),
     ("dangerously_allow_non_loopback_proxy", |c, i| {
@@ -165,6 +166,16 @@ impl Input<'_> {
                 self.value.span(),
                 format!("expected \"deny\" or \"ask\", found {other:?}"),
             )),
+        }
+    }
+
+    /// `dns_url`: an address like the other listeners', or `""` for none.
+    fn optional_listener(&self) -> Result<Option<std::net::SocketAddr>, Errors> {
+        match self.str("a string such as \"127.0.0.1:5353\", or \"\" for none")? {
+            "" => Ok(None),
+            text => listen::parse(text)
+                .map(Some)
+                .map_err(|reason| self.invalid(self.value.span(), reason)),
         }
     }
 

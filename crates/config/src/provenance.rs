@@ -127,6 +127,7 @@ impl Config {
             ("admin_url", addr(self.admin_addr)),
             ("enable_socks5", Value::Bool(self.enable_socks5)),
             ("socks_url", addr(self.socks_addr)),
+            ("dns_url", self.dns_addr.map_or(Value::Unset, addr)),
             ("enable_socks5_udp", Value::Bool(self.enable_socks5_udp)),
             ("allow_upstream_proxy", Value::Bool(self.allow_upstream_proxy)),
             (

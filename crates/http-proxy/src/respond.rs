@@ -33,7 +33,7 @@ pub(crate) fn x_proxy_error(reason: &Reason) -> Option<&'static str> {
         | Reason::RuleDenied(_)
         | Reason::Decider(_) => Some("blocked-by-policy"),
         // A malformed request, not a policy decision.
-        Reason::InvalidPath(_) => None,
+        Reason::InvalidPath(_) | Reason::UnsupportedQuery => None,
     }
 }
 

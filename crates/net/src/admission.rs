@@ -284,6 +284,27 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Refuses `attempt` for a reason of the listener's own wire (a DNS query type the service
+    /// does not answer) and records it like any block: the admission path stays the only
+    /// place that records.
+    pub fn refuse(&self, attempt: Attempt, reason: Reason) -> Refusal {
+        let mode = self.mode();
+        self.record(Event {
+            protocol: attempt.protocol,
+            client: attempt.client,
+            host: attempt.target.host.to_string(),
+            port: attempt.target.port,
+            method: attempt.method,
+            mode,
+            outcome: Outcome::Blocked(reason.clone()),
+            dns_time: None,
+            connect_time: None,
+        });
+        Refusal::Blocked { reason, mode }
+    }
+}
+
 /// An attempt the policy allowed, not yet settled. Holds the snapshot it was decided on.
 #[must_use = "an admission records its outcome when settled (or `client_gone` when dropped)"]
 pub struct Admission {

@@ -53,6 +53,8 @@ pub enum Protocol {
     Socks5,
     Socks5Udp,
     UnixSocket,
+    /// A query to proxyd's DNS service.
+    Dns,
 }
 
 impl Protocol {
@@ -64,6 +66,7 @@ impl Protocol {
             Protocol::Socks5 => "socks5",
             Protocol::Socks5Udp => "socks5-udp",
             Protocol::UnixSocket => "unix-socket",
+            Protocol::Dns => "dns",
         }
     }
 
@@ -161,6 +164,9 @@ pub enum Reason {
     /// the message can say which of the two it was. The code is the same for both: the rule
     /// name is for logs, not for clients to branch on.
     RuleDenied(Box<str>),
+    /// A DNS query proxyd's DNS service does not answer (a type other than A and AAAA, more
+    /// than one question, a class other than IN).
+    UnsupportedQuery,
     /// A request to a host with rules whose path has no normal form (dot segments, encoded
     /// slashes, malformed escapes…): refused before any rule is matched. The listener answers
     /// it with 400.
@@ -182,6 +188,7 @@ impl Reason {
             Reason::Decider(reason) => reason,
             Reason::RuleDenied(_) => "rule_denied",
             Reason::InvalidPath(_) => "invalid_path",
+            Reason::UnsupportedQuery => "unsupported_query",
         }
     }
 
@@ -201,6 +208,7 @@ impl Reason {
             Reason::Decider(_) => "Blocked by the policy decider.",
             Reason::RuleDenied(rule) if rule.is_empty() => "No request rule allows this request.",
             Reason::RuleDenied(_) => "Blocked by a request rule.",
+            Reason::UnsupportedQuery => "Only A and AAAA queries for one name are answered.",
             Reason::InvalidPath(_) => {
                 "The request path is refused (dot segments, encoded slashes or backslashes, malformed escapes)."
             }
@@ -368,6 +376,8 @@ impl Policy {
                 RuleVerdict::BadPath(error) => Some(Reason::InvalidPath(error)),
             },
             (Protocol::HttpConnect | Protocol::Socks5, _) if request.inspected => None,
+            // Names are not requests: rules apply to what is sent to them.
+            (Protocol::Dns, _) => None,
             _ => Some(Reason::RuleDenied(
                 "request rules need an http request proxyd can read".into(),
             )),
@@ -453,6 +463,10 @@ fn method_blocked(
     side_doors: SideDoors,
     inspected: bool,
 ) -> bool {
+    // A DNS lookup writes nothing (what it could leak, the policy decided: the name).
+    if protocol == Protocol::Dns {
+        return false;
+    }
     let inspected = inspected && matches!(protocol, Protocol::HttpConnect | Protocol::Socks5);
     if protocol.is_opaque() && !inspected {
         return true;

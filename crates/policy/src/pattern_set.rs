@@ -36,8 +36,9 @@ impl Ports {
         }
     }
 
+    /// Port 0 (never a target's port) asks "on any port", as a DNS name lookup does.
     fn matches(&self, port: u16) -> bool {
-        self.any || self.list.contains(&port)
+        self.any || self.list.contains(&port) || (port == 0 && !self.list.is_empty())
     }
 }
 

@@ -23,7 +23,7 @@ fn render_names_each_keys_origin() {
     assert!(text.contains("# admin_token = (redacted)  # from -c\n"), "{text}");
     assert!(text.contains("# admin_token_file = (not set)  # default\n"), "{text}");
     assert!(text.contains("mitm = false  # default\n"), "{text}");
-    assert_eq!(text.lines().count(), 33, "{text}");
+    assert_eq!(text.lines().count(), 34, "{text}");
 }
 
 #[test]
@@ -50,11 +50,11 @@ fn rendered_config_loads_back_to_the_same_values() {
 fn settings_list_every_key_once_with_typed_values() {
     let config = Config::default();
     let settings = config.settings();
-    assert_eq!(settings.len(), 32);
+    assert_eq!(settings.len(), 33);
     let mut keys: Vec<_> = settings.iter().map(|s| s.key).collect();
     keys.sort_unstable();
     keys.dedup();
-    assert_eq!(keys.len(), 32);
+    assert_eq!(keys.len(), 33);
     let get = |key: &str| settings.iter().find(|s| s.key == key).unwrap().value.clone();
     assert_eq!(get("enabled"), Value::Bool(true));
     assert_eq!(get("max_connections"), Value::Integer(4096));
