@@ -184,8 +184,8 @@ impl InterceptCa {
         self.scope.covers(host)
     }
 
-    /// The TLS server configuration presenting a leaf for `host` (ALPN `http/1.1` only), from
-    /// the cache or freshly signed.
+    /// The TLS server configuration presenting a leaf for `host` (ALPN `h2`, then `http/1.1`),
+    /// from the cache or freshly signed.
     pub fn server_config(&self, host: &Host) -> Result<Arc<ServerConfig>, CaError> {
         self.server_config_at(host, SystemTime::now())
     }
@@ -215,8 +215,10 @@ impl InterceptCa {
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_single_cert(chain, key)?;
-        // HTTP/1.1 inside only: a client offering only h2 fails the handshake.
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // rustls picks by the server's order: h2 whenever the client offers it. A client that
+        // offers ALPN but neither of these fails the handshake; one that offers none gets
+        // HTTP/1.1.
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         config.session_storage = self.sessions.clone();
         Ok(config)
     }
@@ -404,7 +406,7 @@ mod tests {
         let first = ca.server_config_at(&host("a.test"), now).unwrap();
         let again = ca.server_config_at(&host("a.test"), now + Duration::from_secs(60)).unwrap();
         assert!(Arc::ptr_eq(&first, &again));
-        assert_eq!(first.alpn_protocols, [b"http/1.1".to_vec()]);
+        assert_eq!(first.alpn_protocols, [b"h2".to_vec(), b"http/1.1".to_vec()]);
         let later = ca.server_config_at(&host("a.test"), now + LEAF_RENEW_AFTER).unwrap();
         assert!(!Arc::ptr_eq(&first, &later), "an old leaf is replaced before it expires");
         assert_eq!(ca.cached_leaves(), 1);

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::TokioIo;
 use proxyd_net::{Attempt, Connections, Failure, HttpFacts, Lease, RuleEdits};
 use proxyd_policy::{AbsoluteUrl, Host, Mode, Protocol, Scheme, Target};
@@ -24,6 +24,82 @@ pub(crate) async fn handle(
     shared: &Shared,
     peer: SocketAddr,
     req: Request<Incoming>,
+    tunnels: &Connections,
+) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let h2 = parts.version == Version::HTTP_2;
+    let mut body = Some(body);
+    let response = decide(shared, peer, Request::from_parts(parts, ()), &mut body, tunnels).await;
+    match body.filter(|_| h2) {
+        Some(unread) => {
+            response.map(|answer| Unread { answer, request: Some(unread) }.boxed_unsync())
+        }
+        None => response,
+    }
+}
+
+/// At most this much of a refused HTTP/2 request's body is read (and discarded) after the
+/// answer, for at most `DRAIN_TIME`.
+const DRAIN_MAX: usize = 64 * 1024;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The answer to an HTTP/2 request refused before its body was read, holding that body.
+/// Dropping it with the request would reset the stream (`CANCEL`) before the answer goes out.
+/// Held until the answer has been sent, what the client still sends is read and thrown away,
+/// within a bound, so a client that finishes its upload sees a clean stream; past the bound the
+/// stream is reset with `NO_ERROR` after the answer (RFC 9113 §8.1), which some clients (curl
+/// 7.88) nonetheless report as an error. Nothing read here goes anywhere.
+struct Unread {
+    answer: Body,
+    request: Option<Incoming>,
+}
+
+impl hyper::body::Body for Unread {
+    type Data = bytes::Bytes;
+    type Error = crate::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, crate::BoxError>>> {
+        std::pin::Pin::new(&mut self.answer).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.answer.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.answer.size_hint()
+    }
+}
+
+impl Drop for Unread {
+    fn drop(&mut self) {
+        let Some(mut request) = self.request.take() else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        runtime.spawn(async move {
+            let drain = async {
+                let mut left = DRAIN_MAX;
+                while let Some(Ok(frame)) = request.frame().await {
+                    let len = frame.data_ref().map_or(0, bytes::Bytes::len);
+                    match left.checked_sub(len) {
+                        Some(rest) => left = rest,
+                        None => break,
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+        });
+    }
+}
+
+/// Decides and forwards one request; `body` is taken only when it is forwarded.
+async fn decide(
+    shared: &Shared,
+    peer: SocketAddr,
+    req: Request<()>,
+    body: &mut Option<Incoming>,
     tunnels: &Connections,
 ) -> Response<Body> {
     // Methods are short tokens; a long one would be copied into every log line, event and
@@ -56,9 +132,18 @@ pub(crate) async fn handle(
         (None, Scheme::Https) => Protocol::Https,
     };
     let method = req.method().as_str().to_owned();
+    let mut side_doors = headers::side_doors(req.headers());
+    // HTTP/2 frames bodies itself: a HEADERS frame without END_STREAM announces one (RFC 9113
+    // §8.1) whether or not `Content-Length` is sent (h2 enforces it when it is).
+    if req.version() == Version::HTTP_2
+        && !req.headers().contains_key(header::CONTENT_LENGTH)
+        && body.as_ref().is_some_and(|body| !body.is_end_stream())
+    {
+        side_doors.body = true;
+    }
     let mut attempt = Attempt::new(protocol, url.target.clone(), Some(peer))
         .method(&method)
-        .side_doors(headers::side_doors(req.headers()))
+        .side_doors(side_doors)
         .unix_socket(unix_socket.map(|v| v.to_str().unwrap_or_default().to_owned()));
     // Request rules read the path, query and headers; copied only when some host has rules
     // (a host with rules refuses a request that comes without them).
@@ -101,8 +186,11 @@ pub(crate) async fn handle(
             return response;
         }
     };
+    let Some(body) = body.take() else {
+        return respond::error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no request body");
+    };
     let (mut outgoing, client_upgrade) =
-        rewrite_request(req, &url, upgrade, proxy_authorization, &lease);
+        rewrite_request(req, body, &url, upgrade, proxy_authorization, sender.version(), &lease);
     if let Some(edits) = &rule_edits {
         apply_rule_edits(edits, outgoing.headers_mut());
     }
@@ -179,36 +267,48 @@ fn apply_rule_edits(edits: &RuleEdits, headers: &mut http::HeaderMap) {
     }
 }
 
-/// The request as sent on: origin-form with `Host` from the target (absolute-form with
-/// `Proxy-Authorization` when it goes to an upstream proxy), hop-by-hop headers removed and
-/// `Via` added.
+/// The request as sent on, as `version` (the origin connection's): HTTP/1.1 in origin-form with
+/// `Host` from the target (absolute-form with `Proxy-Authorization` when it goes to an upstream
+/// proxy); HTTP/2 with the target in `:scheme` and `:authority` and no `Host` (RFC 9113
+/// §8.3.1). Hop-by-hop headers removed (`TE: trailers` kept), `Via` added.
 fn rewrite_request(
-    mut req: Request<Incoming>,
+    mut req: Request<()>,
+    body: Incoming,
     url: &AbsoluteUrl,
     upgrade: bool,
     proxy_authorization: Option<Option<HeaderValue>>,
+    version: Version,
     lease: &Lease,
 ) -> (Request<Leased<Incoming>>, Option<hyper::upgrade::OnUpgrade>) {
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (mut parts, body) = req.into_parts();
+    let (mut parts, ()) = req.into_parts();
+    let received = parts.version;
     let host = match url.target.port == url.scheme.default_port() {
         true => authority_host(&url.target.host),
         false => format!("{}:{}", authority_host(&url.target.host), url.target.port),
     };
-    let target = match &proxy_authorization {
-        Some(_) => format!("{}://{host}{}", url.scheme.as_str(), url.path_and_query),
-        None => url.path_and_query.clone(),
+    let h2 = version == Version::HTTP_2;
+    let target = match (&proxy_authorization, h2) {
+        (Some(_), _) | (None, true) => {
+            format!("{}://{host}{}", url.scheme.as_str(), url.path_and_query)
+        }
+        (None, false) => url.path_and_query.clone(),
     };
     parts.uri = Uri::try_from(target).unwrap_or_else(|_| Uri::from_static("/"));
-    parts.version = Version::HTTP_11;
-    headers::remove_hop_by_hop(&mut parts.headers, upgrade);
-    if let Ok(value) = HeaderValue::from_str(&host) {
-        parts.headers.insert(header::HOST, value);
+    parts.version = version;
+    headers::remove_request_hop_by_hop(&mut parts.headers, upgrade, version);
+    match h2 {
+        true => drop(parts.headers.remove(header::HOST)),
+        false => {
+            if let Ok(value) = HeaderValue::from_str(&host) {
+                parts.headers.insert(header::HOST, value);
+            }
+        }
     }
     if let Some(Some(auth)) = proxy_authorization {
         parts.headers.insert(header::PROXY_AUTHORIZATION, auth);
     }
-    headers::add_via(&mut parts.headers);
+    headers::add_via(&mut parts.headers, received);
     (Request::from_parts(parts, Leased::new(body, lease.clone())), client_upgrade)
 }
 
@@ -219,11 +319,14 @@ fn authority_host(host: &Host) -> String {
     }
 }
 
+/// The response as sent back: hop-by-hop headers removed (none of them may reach an HTTP/2
+/// client), `Via` added. The version is the client connection's own (hyper writes its own
+/// status line and ignores it on HTTP/2); trailers are body frames and pass through `Leased`.
 fn rewrite_response(response: Response<Incoming>, lease: Lease) -> Response<Body> {
     let (mut parts, body) = response.into_parts();
-    parts.version = Version::HTTP_11;
     headers::remove_hop_by_hop(&mut parts.headers, false);
-    headers::add_via(&mut parts.headers);
+    headers::add_via(&mut parts.headers, parts.version);
+    parts.version = Version::HTTP_11;
     Response::from_parts(parts, Leased::new(body, lease).boxed_unsync())
 }
 
@@ -238,7 +341,7 @@ fn relay_upgrade(
     let upstream_upgrade = hyper::upgrade::on(&mut response);
     let (mut parts, _) = response.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers, true);
-    headers::add_via(&mut parts.headers);
+    headers::add_via(&mut parts.headers, Version::HTTP_11);
     let idle = shared.settings.idle_timeout;
     let guard = track_tunnel(shared, tunnels);
     tokio::spawn(async move {

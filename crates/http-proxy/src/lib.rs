@@ -1,11 +1,14 @@
-//! proxyd's HTTP proxy listener (SPEC §7): HTTP/1.1 only, on hyper.
+//! proxyd's HTTP proxy listener (SPEC §7): HTTP/1.1 on hyper; HTTP/2 only inside intercepted
+//! tunnels and towards `https://` origins that negotiate it.
 //!
 //! This crate owns the wire side of HTTP proxying:
-//! - `server`: the accept loop, per-connection hyper service, graceful shutdown;
+//! - `server`: the accept loop, per-connection hyper service (HTTP/1.1, or HTTP/2 for an
+//!   intercepted tunnel), graceful shutdown;
 //! - `forward`: absolute-form `http://` and `https://` forwarding and relayed upgrades
 //!   (SPEC §7.2, §7.4);
 //! - `origin`: opening the outgoing connection: direct, via an upstream proxy, or to a Unix
-//!   socket (SPEC §7.6, §7.7); `pool`: reuse of direct ones;
+//!   socket (SPEC §7.6, §7.7), HTTP/2 when an `https://` origin negotiates it; `pool`: reuse
+//!   of direct ones (HTTP/2 ones shared);
 //! - `upstream`: the upstream proxy settings from the environment and `NO_PROXY`;
 //! - `connect`: `CONNECT` tunnels (SPEC §7.3);
 //! - `mitm`: limited-mode TLS interception (`mitm = true`): a `CONNECT` terminated with a leaf

@@ -1,25 +1,29 @@
 //! Limited-mode TLS interception (`mitm = true`): a `CONNECT` to an allowed host is answered
-//! 200 and terminated here with a leaf from the [`InterceptCa`]; every HTTP/1.1 request inside
-//! is then decided on its own, as an `https://CONNECT-HOST/...` request, by the same code that
-//! forwards absolute-form `https://` requests (`forward.rs`), and goes out over a new TLS
-//! connection to the checked address, verified against the usual trust roots.
+//! 200 and terminated here with a leaf from the [`InterceptCa`]; every request inside, HTTP/1.1
+//! or HTTP/2, is then decided on its own, as an `https://CONNECT-HOST/...` request, by the same
+//! code that forwards absolute-form `https://` requests (`forward.rs`), and goes out over a new
+//! TLS connection to the checked address, verified against the usual trust roots.
 //!
 //! Rules of the tunnel:
 //! - the TLS server name must be the `CONNECT` host (RFC 6066 §3); a named host without one, or
 //!   any mismatch, closes the connection and is recorded as blocked (`sni_mismatch`). An IP
 //!   literal is accepted without a server name, since clients send none for addresses, but not
 //!   with a name, which would be a different host;
-//! - ALPN offers `http/1.1` only: HTTP/2 inside is not implemented;
+//! - ALPN offers `h2`, then `http/1.1` (the server's order decides: h2 whenever the client
+//!   offers it); an `h2` tunnel is served by hyper's HTTP/2 server (`server::drive_h2`), with
+//!   the idle, shutdown and lease handling of HTTP/1.1, and each stream is one request;
 //! - each request's `Host` must equal the `CONNECT` host (port included unless 443), else 400;
-//!   an absolute-form target must name it too; `CONNECT` inside and `x-unix-socket` are 400;
+//!   an absolute-form target must name it too. Over HTTP/2 the `:authority` must (a `Host` may
+//!   stand in for it, and must agree when both are sent) and `:scheme` must be `https`;
+//! - `CONNECT` inside (in HTTP/2 too; extended `CONNECT` is not advertised, so clients keep
+//!   WebSockets on HTTP/1.1) and `x-unix-socket` are 400;
 //! - the tunnel counts as one tunnel of the client connection while it is open; it closes when
 //!   idle, and on shutdown after in-flight requests finish (or when the drain runs out).
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::{Method, Request, Response, StatusCode, Uri, header};
+use http::{Method, Request, Response, StatusCode, Uri, Version, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::upgrade::Upgraded;
@@ -32,8 +36,11 @@ use tokio_rustls::LazyConfigAcceptor;
 
 use crate::ca::InterceptCa;
 use crate::respond::{self, Blocked};
-use crate::server::{Shared, drive, track_tunnel};
+use crate::server::{Handler, Responding, Shared, drive, drive_h2, track_tunnel};
 use crate::{Body, forward, headers};
+
+/// The ALPN protocol ID of HTTP/2 over TLS (RFC 9113 §3.2).
+const H2: &[u8] = b"h2";
 
 /// The rest of a `CONNECT` admitted for interception: check that the CA may sign for the
 /// host and that the name resolves to allowed addresses, then answer 200 and serve the
@@ -147,13 +154,17 @@ async fn serve(
     // The tunnel lives under its lease: a change that refuses the host (a reload that denies
     // it, a switch that disables the proxy) closes it; each request inside has its own.
     let Ok(lease) = admission.admit() else { return };
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(H2);
     let target = Arc::new(target);
     let svc_shared = shared.clone();
-    let service = service_fn(move |req: Request<Incoming>| {
+    let handler: Handler = Arc::new(move |req: Request<Incoming>| -> Responding {
         let (shared, target, tunnels) = (svc_shared.clone(), target.clone(), tunnels.clone());
-        async move { Ok::<_, Infallible>(handle(&shared, peer, &target, req, &tunnels).await) }
+        Box::pin(async move { Ok(handle(&shared, peer, &target, req, &tunnels).await) })
     });
-    drive(&shared, tls, service, lease.ended()).await;
+    match h2 {
+        true => drive_h2(&shared, tls, handler, lease.ended()).await,
+        false => drive(&shared, tls, service_fn(move |req| handler(req)), lease.ended()).await,
+    }
 }
 
 /// The TLS server name rule of the tunnel (see the module docs). Names are compared in
@@ -185,27 +196,45 @@ async fn handle(
 
 /// The absolute `https://` form of a request inside the tunnel, or why it is refused.
 fn https_uri<B>(target: &Target, req: &Request<B>) -> Result<Uri, &'static str> {
+    // In HTTP/2 a `CONNECT` stream, extended (RFC 8441 §4) or not, is refused the same way.
     if req.method() == Method::CONNECT {
         return Err("connect inside an intercepted tunnel is not supported");
     }
     if req.headers().contains_key(headers::X_UNIX_SOCKET) {
         return Err("x-unix-socket is not accepted inside an intercepted tunnel");
     }
-    // HTTP/1.1 requires `Host` (RFC 9112 §3.2); here it must name the tunnel's host.
-    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());
-    let host = host.and_then(|h| Target::parse_authority(h, Some(443)).ok());
-    if host.as_ref() != Some(target) {
-        return Err("host header does not match the connect target");
-    }
+    let names_target =
+        |authority: &str| Target::parse_authority(authority, Some(443)).as_ref() == Ok(target);
+    let host = req.headers().get(header::HOST).map(|h| h.to_str().unwrap_or_default());
     let uri = req.uri();
-    match (uri.scheme_str(), uri.authority()) {
-        (None, None) => {}
-        // Absolute-form is legal too (RFC 9112 §3.2.2), for the same host only.
-        (Some(scheme), Some(authority))
-            if scheme.eq_ignore_ascii_case("https")
-                && Target::parse_authority(authority.as_str(), Some(443)).as_ref()
-                    == Ok(target) => {}
-        _ => return Err("the request target does not match the connect target"),
+    if req.version() == Version::HTTP_2 {
+        // RFC 9113 §8.3.1: `:scheme` and `:authority` (hyper puts both in the URI); a client
+        // may send `Host` instead of `:authority`, and one that sends both must make them agree.
+        match (uri.authority(), host) {
+            (None, None) => return Err("the :authority does not match the connect target"),
+            (Some(authority), _) if !names_target(authority.as_str()) => {
+                return Err("the :authority does not match the connect target");
+            }
+            (_, Some(host)) if !names_target(host) => {
+                return Err("host header does not match the connect target");
+            }
+            _ => {}
+        }
+        if !uri.scheme_str().is_none_or(|scheme| scheme.eq_ignore_ascii_case("https")) {
+            return Err("the request target does not match the connect target");
+        }
+    } else {
+        // HTTP/1.1 requires `Host` (RFC 9112 §3.2); here it must name the tunnel's host.
+        if !host.is_some_and(names_target) {
+            return Err("host header does not match the connect target");
+        }
+        match (uri.scheme_str(), uri.authority()) {
+            (None, None) => {}
+            // Absolute-form is legal too (RFC 9112 §3.2.2), for the same host only.
+            (Some(scheme), Some(authority))
+                if scheme.eq_ignore_ascii_case("https") && names_target(authority.as_str()) => {}
+            _ => return Err("the request target does not match the connect target"),
+        }
     }
     let path = uri.path_and_query().map(|p| p.as_str()).filter(|p| p.starts_with('/'));
     let path = path.ok_or("only origin-form request targets are accepted")?;
@@ -235,25 +264,34 @@ mod tests {
         check("localhost", Some("localhost"), true);
     }
 
+    /// Runs `https_uri` on a request of `version` and compares the outcome.
+    #[track_caller]
+    fn check(
+        version: Version,
+        connect: &str,
+        method: &str,
+        uri: &str,
+        hdrs: &[(&str, &str)],
+        expected: Result<&str, &str>,
+    ) {
+        let target = Target::parse_authority(connect, None).expect("target");
+        let mut builder = Request::builder().version(version).method(method).uri(uri);
+        for (name, value) in hdrs {
+            builder = builder.header(*name, *value);
+        }
+        let req = builder.body(()).expect("request");
+        let got = https_uri(&target, &req).map(|uri| uri.to_string());
+        assert_eq!(
+            got.as_deref().map_err(|e| *e),
+            expected,
+            "{version:?} {connect} {method} {uri} {hdrs:?}"
+        );
+    }
+
     #[test]
     fn inner_requests_must_name_the_connect_host() {
-        let check = |connect: &str,
-                     method: &str,
-                     uri: &str,
-                     hdrs: &[(&str, &str)],
-                     expected: Result<&str, &str>| {
-            let target = Target::parse_authority(connect, None).expect("target");
-            let mut builder = Request::builder().method(method).uri(uri);
-            for (name, value) in hdrs {
-                builder = builder.header(*name, *value);
-            }
-            let req = builder.body(()).expect("request");
-            let got = https_uri(&target, &req).map(|uri| uri.to_string());
-            assert_eq!(
-                got.as_deref().map_err(|e| *e),
-                expected,
-                "{connect} {method} {uri} {hdrs:?}"
-            );
+        let check = |connect, method, uri, hdrs: &[_], expected| {
+            check(Version::HTTP_11, connect, method, uri, hdrs, expected)
         };
         let host = |h| [("host", h)];
         let ok = Ok;
@@ -276,5 +314,39 @@ mod tests {
         check("a.test:443", "CONNECT", "a.test:443", &host("a.test"), connect);
         let unix = Err("x-unix-socket is not accepted inside an intercepted tunnel");
         check("a.test:443", "GET", "/", &[("host", "a.test"), ("x-unix-socket", "/s")], unix);
+    }
+
+    #[test]
+    fn inner_h2_requests_must_name_the_connect_host_in_their_authority() {
+        let check = |connect, method, uri, hdrs: &[_], expected| {
+            check(Version::HTTP_2, connect, method, uri, hdrs, expected)
+        };
+        let ok = Ok;
+        check("a.test:443", "GET", "https://a.test/x?y=1", &[], ok("https://a.test:443/x?y=1"));
+        check("a.test:443", "GET", "https://A.TEST:443/", &[], ok("https://a.test:443/"));
+        check("a.test:8443", "POST", "https://a.test:8443/", &[], ok("https://a.test:8443/"));
+        check("[::1]:443", "GET", "https://[::1]/", &[], ok("https://[::1]:443/"));
+        // `Host` instead of `:authority`, or both, agreeing.
+        check("a.test:443", "GET", "/p", &[("host", "a.test")], ok("https://a.test:443/p"));
+        let both = [("host", "a.test:443")];
+        check("a.test:443", "GET", "https://a.test/", &both, ok("https://a.test:443/"));
+        let bad_authority = Err("the :authority does not match the connect target");
+        check("a.test:443", "GET", "https://b.test/", &[], bad_authority);
+        check("a.test:443", "GET", "https://b.test/", &[("host", "a.test")], bad_authority);
+        check("a.test:8443", "GET", "https://a.test/", &[], bad_authority);
+        check("a.test:443", "GET", "https://a.test:8443/", &[], bad_authority);
+        check("a.test:443", "GET", "/", &[], bad_authority);
+        let bad_host = Err("host header does not match the connect target");
+        check("a.test:443", "GET", "https://a.test/", &[("host", "b.test")], bad_host);
+        let bad_target = Err("the request target does not match the connect target");
+        check("a.test:443", "GET", "http://a.test/", &[], bad_target);
+        let only_origin = Err("only origin-form request targets are accepted");
+        check("a.test:443", "OPTIONS", "*", &[("host", "a.test")], only_origin);
+        // A CONNECT stream (`:authority` only), extended (`:protocol`) or not.
+        let connect = Err("connect inside an intercepted tunnel is not supported");
+        check("a.test:443", "CONNECT", "a.test:443", &[], connect);
+        check("a.test:443", "CONNECT", "https://a.test/chat", &[], connect);
+        let unix = Err("x-unix-socket is not accepted inside an intercepted tunnel");
+        check("a.test:443", "GET", "https://a.test/", &[("x-unix-socket", "/s")], unix);
     }
 }

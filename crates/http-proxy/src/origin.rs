@@ -1,19 +1,70 @@
 //! Opening the connection a forwarded request goes out on: direct to the checked addresses
 //! (pooled), through an upstream proxy (SPEC §7.6), or to a Unix socket (SPEC §7.7).
+//!
+//! Over TLS (`https://`, and every request of an intercepted tunnel) proxyd offers ALPN `h2`
+//! and `http/1.1` and speaks what the origin picks; a request that asks for an upgrade offers
+//! `http/1.1` only, since `101 Switching Protocols` exists only there (RFC 9113 §8.6). Plain
+//! `http://`, upstream proxies in absolute-form and Unix sockets are HTTP/1.1.
 
-use http::HeaderValue;
+use std::task::{Context, Poll};
+
+use http::{HeaderValue, Request, Response, Version};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::{self as client, SendRequest};
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use proxyd_net::{Admission, Failure, Refusal};
 use proxyd_policy::{AbsoluteUrl, Host, Scheme};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use crate::leased::Leased;
 use crate::pool::PoolKey;
 use crate::server::Shared;
 use crate::upstream::{ProxyEndpoint, connect_via};
+
+/// A connection to an origin that can take a request: HTTP/1.1, one request at a time, or
+/// HTTP/2, multiplexed (its handle is cloned for every request it carries).
+pub(crate) enum Sender {
+    Http1(http1::SendRequest<Leased<Incoming>>),
+    Http2(http2::SendRequest<Leased<Incoming>>),
+}
+
+impl Sender {
+    /// The version requests on this connection must carry.
+    pub(crate) fn version(&self) -> Version {
+        match self {
+            Sender::Http1(_) => Version::HTTP_11,
+            Sender::Http2(_) => Version::HTTP_2,
+        }
+    }
+
+    pub(crate) async fn send_request(
+        &mut self,
+        req: Request<Leased<Incoming>>,
+    ) -> hyper::Result<Response<Incoming>> {
+        match self {
+            Sender::Http1(sender) => sender.send_request(req).await,
+            Sender::Http2(sender) => sender.send_request(req).await,
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        match self {
+            Sender::Http1(sender) => sender.is_closed(),
+            Sender::Http2(sender) => sender.is_closed(),
+        }
+    }
+
+    /// Whether a request can be sent now: an HTTP/1.1 connection whose previous response is
+    /// still streaming cannot.
+    pub(crate) fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<hyper::Result<()>> {
+        match self {
+            Sender::Http1(sender) => sender.poll_ready(cx),
+            Sender::Http2(sender) => sender.poll_ready(cx),
+        }
+    }
+}
 
 /// Where a request goes.
 pub(crate) enum Route<'a> {
@@ -24,8 +75,9 @@ pub(crate) enum Route<'a> {
 
 /// A connection ready for the request.
 pub(crate) struct Opened {
-    pub(crate) sender: SendRequest<crate::leased::Leased<Incoming>>,
-    /// Set when the connection may be pooled.
+    pub(crate) sender: Sender,
+    /// Set when the connection goes back to the pool once the response has arrived (HTTP/1.1;
+    /// an HTTP/2 connection is pooled, shared, from the moment it is opened).
     pub(crate) key: Option<PoolKey>,
     /// `Some` when the request goes to an upstream proxy in absolute-form, with its credentials.
     pub(crate) proxy_authorization: Option<Option<HeaderValue>>,
@@ -77,7 +129,9 @@ async fn open_direct(
 ) -> Result<Opened, Step> {
     let checked = admission.resolve().await?;
     if !upgrade && let Some((sender, key)) = shared.pool.checkout(url.scheme, &checked) {
-        return Ok(Opened { sender, key: Some(key), proxy_authorization: None });
+        // An HTTP/2 connection stayed in the pool, shared.
+        let key = matches!(sender, Sender::Http1(_)).then_some(key);
+        return Ok(Opened { sender, key, proxy_authorization: None });
     }
     let connected = admission.connect(&checked).await?;
     let key = PoolKey {
@@ -89,10 +143,17 @@ async fn open_direct(
     let sender = match url.scheme {
         Scheme::Http => handshake(connected.stream, upgrade).await?,
         Scheme::Https => {
-            handshake(tls(shared, &url.target.host, connected.stream).await?, upgrade).await?
+            let stream = tls(shared, &url.target.host, connected.stream, upgrade).await?;
+            handshake_tls(stream, upgrade).await?
         }
     };
-    Ok(Opened { sender, key: Some(key), proxy_authorization: None })
+    match &sender {
+        Sender::Http2(h2) if !upgrade => {
+            shared.pool.checkin(key, Sender::Http2(h2.clone()));
+            Ok(Opened { sender, key: None, proxy_authorization: None })
+        }
+        _ => Ok(Opened { sender, key: Some(key), proxy_authorization: None }),
+    }
 }
 
 async fn open_upstream(
@@ -113,7 +174,8 @@ async fn open_upstream(
             let stream = tunnel_via(shared, connected.stream, proxy, &url.target)
                 .await
                 .map_err(|()| Failure::UpstreamProxy)?;
-            (handshake(tls(shared, &url.target.host, stream).await?, upgrade).await?, None)
+            let stream = tls(shared, &url.target.host, stream, upgrade).await?;
+            (handshake_tls(stream, upgrade).await?, None)
         }
     };
     Ok(Opened { sender, key: None, proxy_authorization })
@@ -157,10 +219,12 @@ async fn open_unix(_: &mut Admission, _: bool) -> Result<Opened, Step> {
     Err(Step::Failed(Failure::UnixSocket))
 }
 
+/// TLS to the origin, offering `h2` unless the request asks for an upgrade.
 async fn tls<S>(
     shared: &Shared,
     host: &Host,
     stream: S,
+    upgrade: bool,
 ) -> Result<tokio_rustls::client::TlsStream<S>, Failure>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -171,8 +235,12 @@ where
             ServerName::try_from(name.to_string()).map_err(|_| Failure::UpstreamTls)?
         }
     };
+    let connector = match upgrade {
+        true => &shared.tls_http1,
+        false => &shared.tls,
+    };
     let timeout = shared.engine.dialer().connect_timeout();
-    match tokio::time::timeout(timeout, shared.tls.connect(name, stream)).await {
+    match tokio::time::timeout(timeout, connector.connect(name, stream)).await {
         Ok(Ok(tls)) => Ok(tls),
         Ok(Err(err)) => {
             tracing::debug!(error = %err, "tls handshake with the origin failed");
@@ -182,14 +250,35 @@ where
     }
 }
 
-async fn handshake<S>(
-    stream: S,
+/// HTTP/2 when the origin chose it in ALPN, else HTTP/1.1.
+async fn handshake_tls<S>(
+    stream: tokio_rustls::client::TlsStream<S>,
     upgrade: bool,
-) -> Result<SendRequest<crate::leased::Leased<Incoming>>, Failure>
+) -> Result<Sender, Failure>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (sender, conn) = client::handshake(TokioIo::new(stream)).await.map_err(|err| {
+    if upgrade || stream.get_ref().1.alpn_protocol() != Some(b"h2") {
+        return handshake(stream, upgrade).await;
+    }
+    let (sender, conn) =
+        http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.map_err(|err| {
+            tracing::debug!(error = %err, "http/2 handshake with the origin failed");
+            Failure::UpstreamTls
+        })?;
+    tokio::spawn(async move {
+        if let Err(err) = conn.await {
+            tracing::debug!(error = %err, "upstream http/2 connection ended with an error");
+        }
+    });
+    Ok(Sender::Http2(sender))
+}
+
+async fn handshake<S>(stream: S, upgrade: bool) -> Result<Sender, Failure>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(|err| {
         tracing::debug!(error = %err, "http handshake with the origin failed");
         Failure::UpstreamTls
     })?;
@@ -202,5 +291,5 @@ where
             tracing::debug!(error = %err, "upstream connection ended with an error");
         }
     });
-    Ok(sender)
+    Ok(Sender::Http1(sender))
 }

@@ -1,15 +1,21 @@
 //! Upstream connections kept for reuse (SPEC §7.2): only for the same scheme, host, port and
 //! checked address, so a connection opened for one decision never carries another host.
+//!
+//! An HTTP/1.1 connection is taken out for one request and checked in again once its response
+//! head has arrived. An HTTP/2 connection is checked in once, when it is opened, and stays:
+//! every checkout hands out a clone of its handle and its requests are multiplexed on it (h2
+//! queues those past the origin's `SETTINGS_MAX_CONCURRENT_STREAMS`), until it closes or the
+//! origin sends `GOAWAY`, when it is pruned like a closed HTTP/1.1 connection.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::task::{Context, Poll, Waker};
 
-use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 use proxyd_net::Checked;
 use proxyd_policy::{Host, Scheme};
+
+use crate::origin::Sender;
 
 /// Idle upstream connections kept per (scheme, host, port, address).
 const MAX_IDLE_PER_KEY: usize = 16;
@@ -29,16 +35,12 @@ pub(crate) struct PoolKey {
 /// Upstream connections, reused only for the same scheme, host, port and checked address.
 #[derive(Default)]
 pub(crate) struct Pool {
-    idle: Mutex<HashMap<PoolKey, Vec<SendRequest<crate::leased::Leased<Incoming>>>>>,
+    idle: Mutex<HashMap<PoolKey, Vec<Sender>>>,
 }
 
 impl Pool {
     /// A connection that can take a request now, for any of the checked addresses.
-    pub(crate) fn checkout(
-        &self,
-        scheme: Scheme,
-        checked: &Checked,
-    ) -> Option<(SendRequest<crate::leased::Leased<Incoming>>, PoolKey)> {
+    pub(crate) fn checkout(&self, scheme: Scheme, checked: &Checked) -> Option<(Sender, PoolKey)> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let mut cx = Context::from_waker(Waker::noop());
         for addr in checked.addrs() {
@@ -54,18 +56,17 @@ impl Pool {
             let ready = senders
                 .iter_mut()
                 .position(|sender| matches!(sender.poll_ready(&mut cx), Poll::Ready(Ok(()))));
-            if let Some(index) = ready {
-                return Some((senders.swap_remove(index), key));
+            let Some(index) = ready else { continue };
+            // HTTP/2 is shared: the connection stays for the next request.
+            if let Sender::Http2(shared) = &senders[index] {
+                return Some((Sender::Http2(shared.clone()), key));
             }
+            return Some((senders.swap_remove(index), key));
         }
         None
     }
 
-    pub(crate) fn checkin(
-        &self,
-        key: PoolKey,
-        sender: SendRequest<crate::leased::Leased<Incoming>>,
-    ) {
+    pub(crate) fn checkin(&self, key: PoolKey, sender: Sender) {
         if sender.is_closed() {
             return;
         }
@@ -93,13 +94,13 @@ mod tests {
     use super::*;
 
     /// A sender over an in-memory pipe; it stays open while `server` is kept.
-    async fn sender() -> (SendRequest<crate::leased::Leased<Incoming>>, tokio::io::DuplexStream) {
+    async fn sender() -> (Sender, tokio::io::DuplexStream) {
         let (client, server) = tokio::io::duplex(64);
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(client))
             .await
             .expect("handshake over a pipe");
         tokio::spawn(conn);
-        (sender, server)
+        (Sender::Http1(sender), server)
     }
 
     fn key(i: usize) -> PoolKey {

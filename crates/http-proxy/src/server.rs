@@ -1,18 +1,22 @@
-//! The listener: accept loop, one hyper HTTP/1.1 connection per client, graceful shutdown.
+//! The listener: accept loop, one hyper HTTP/1.1 connection per client, graceful shutdown;
+//! HTTP/2 for intercepted tunnels whose client negotiated `h2`.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
-use http::{Method, Request, Response};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::{HttpService, service_fn};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::server::conn::{http1, http2};
+use hyper::service::{HttpService, Service, service_fn};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use proxyd_lifecycle::accept_loop;
 use proxyd_net::{Connections, Engine, Tracked};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
 use crate::idle::{Clocked, IdleClock};
 use crate::pool::Pool;
@@ -23,7 +27,10 @@ pub(crate) struct Shared {
     pub(crate) engine: Engine,
     pub(crate) settings: Settings,
     pub(crate) pool: Pool,
+    /// TLS to origins, ALPN `h2` then `http/1.1`.
     pub(crate) tls: tokio_rustls::TlsConnector,
+    /// TLS to origins for requests that ask for an upgrade, ALPN `http/1.1` only.
+    pub(crate) tls_http1: tokio_rustls::TlsConnector,
     /// Client connections.
     pub(crate) connections: Connections,
     /// Upgraded connections and tunnels, which hyper's graceful shutdown does not see (for
@@ -39,12 +46,19 @@ pub struct HttpProxy {
 
 impl HttpProxy {
     pub fn new(engine: Engine, settings: Settings) -> HttpProxy {
-        let tls = tokio_rustls::TlsConnector::from(settings.tls.clone());
+        // proxyd decides which HTTP versions it speaks, whatever ALPN the embedder set.
+        let alpn = |protocols: &[&[u8]]| {
+            let mut config = (*settings.tls).clone();
+            config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
+            tokio_rustls::TlsConnector::from(Arc::new(config))
+        };
+        let (tls, tls_http1) = (alpn(&[b"h2", b"http/1.1"]), alpn(&[b"http/1.1"]));
         let shared = Shared {
             engine,
             settings,
             pool: Pool::default(),
             tls,
+            tls_http1,
             connections: Connections::new(),
             tunnels: Connections::new(),
         };
@@ -105,7 +119,7 @@ pub(crate) async fn drive<S, Svc>(
     shared: &Shared,
     stream: S,
     service: Svc,
-    ended: impl std::future::Future<Output = ()>,
+    ended: impl Future<Output = ()>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     Svc: HttpService<Incoming, ResBody = Body>,
@@ -119,6 +133,45 @@ pub(crate) async fn drive<S, Svc>(
     let clock = IdleClock::new();
     let io = TokioIo::new(Clocked::new(stream, clock.clone()));
     let conn = builder.serve_connection(io, service).with_upgrades();
+    run(shared, conn, clock, ended).await;
+}
+
+/// [`drive`] for HTTP/2 (an intercepted tunnel whose client negotiated `h2`), with the same
+/// idle, shutdown and `ended` handling: graceful shutdown sends `GOAWAY` and lets the streams
+/// in flight finish. hyper runs each stream in a task of its own (on [`TokioExecutor`]); those
+/// tasks are cut off when this returns, so no request outlives the connection it came on.
+///
+/// hyper's defaults stand: at most 200 concurrent streams, a 16 KiB header list. Extended
+/// `CONNECT` (RFC 8441) is not advertised, so clients keep WebSockets on HTTP/1.1; a plain
+/// `CONNECT` stream reaches `service`, which refuses it.
+pub(crate) async fn drive_h2<S>(
+    shared: &Shared,
+    stream: S,
+    handler: Handler,
+    ended: impl Future<Output = ()>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (alive, gone) = watch::channel(());
+    let service = UntilGone { handler, gone };
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder.timer(TokioTimer::new());
+    let clock = IdleClock::new();
+    let io = TokioIo::new(Clocked::new(stream, clock.clone()));
+    let conn = builder.serve_connection(io, service);
+    run(shared, conn, clock, ended).await;
+    // Streams still in their service future end now (see `UntilGone`).
+    drop(alive);
+}
+
+/// The loop both protocols share: serve until the connection ends, shut down gracefully on
+/// stop or idleness, close at once when the lifecycle closes or `ended` resolves.
+async fn run<C: Served>(
+    shared: &Shared,
+    conn: C,
+    clock: IdleClock,
+    ended: impl Future<Output = ()>,
+) {
     tokio::pin!(conn);
     let lifecycle = shared.engine.lifecycle();
     let closed = lifecycle.closing();
@@ -140,12 +193,75 @@ pub(crate) async fn drive<S, Svc>(
         () = &mut closed => return,
     };
     if closing {
-        conn.as_mut().graceful_shutdown();
+        conn.as_mut().shutdown();
         tokio::select! {
             _ = conn.as_mut() => {}
             () = &mut ended => {}
             () = &mut closed => {}
         }
+    }
+}
+
+/// A served connection of either protocol.
+trait Served: Future<Output = hyper::Result<()>> {
+    /// Starts hyper's graceful shutdown (`Connection: close` or `GOAWAY`).
+    fn shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S> Served for http1::UpgradeableConnection<I, S>
+where
+    S: HttpService<Incoming, ResBody = Body>,
+    S::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    fn shutdown(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I> Served for http2::Connection<I, UntilGone, TokioExecutor>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+{
+    fn shutdown(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// A boxed response future, as HTTP/2 services return them (hyper spawns each stream).
+pub(crate) type Responding =
+    Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+/// What answers the requests of an HTTP/2 connection.
+pub(crate) type Handler = Arc<dyn Fn(Request<Incoming>) -> Responding + Send + Sync>;
+
+/// An HTTP/2 service whose calls end when the connection is gone: hyper spawns every stream,
+/// so without this a request waiting on a slow origin would outlive a closed tunnel.
+pub(crate) struct UntilGone {
+    handler: Handler,
+    gone: watch::Receiver<()>,
+}
+
+impl Service<Request<Incoming>> for UntilGone {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Responding;
+
+    fn call(&self, req: Request<Incoming>) -> Responding {
+        let call = (self.handler)(req);
+        let mut gone = self.gone.clone();
+        Box::pin(async move {
+            tokio::select! {
+                response = call => response,
+                // The sender is never used: `changed` returns only when it is dropped. Nobody
+                // reads this answer; the stream is already gone.
+                _ = gone.changed() => Ok(respond::error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "connection_closed",
+                    "the client connection closed",
+                )),
+            }
+        })
     }
 }
 

@@ -1,4 +1,5 @@
-//! The TLS client configuration proxyd uses when it originates TLS (`https://` absolute-form).
+//! The TLS client configuration proxyd uses when it originates TLS (`https://` absolute-form,
+//! and every request of an intercepted tunnel).
 
 use std::sync::Arc;
 
@@ -7,7 +8,8 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
 /// System roots plus the PEM bundle named by `SSL_CERT_FILE`, when set, so tests and corporate
-/// CAs work. HTTP/1.1 only in ALPN (SPEC §7.5).
+/// CAs work. ALPN `h2`, then `http/1.1`; the listener sets ALPN itself on the configurations it
+/// derives from this one (`http/1.1` only for requests that ask for an upgrade).
 pub fn client_config(
     provider: Arc<rustls::crypto::CryptoProvider>,
     extra_pem_file: Option<&std::path::Path>,
@@ -31,6 +33,6 @@ pub fn client_config(
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }

@@ -87,7 +87,11 @@ impl ResponseHead {
         let status_line = lines.next().context("empty response head")?;
         let mut parts = status_line.splitn(3, ' ');
         let version = parts.next().unwrap_or_default();
-        ensure!(version.starts_with("HTTP/1."), "not an HTTP/1 status line: {status_line:?}");
+        // `HTTP/2` is how curl's `-D` writes the head of an HTTP/2 response.
+        ensure!(
+            version.starts_with("HTTP/1.") || version == "HTTP/2",
+            "not an HTTP status line: {status_line:?}"
+        );
         let status = parts
             .next()
             .and_then(|code| code.parse::<u16>().ok())
@@ -170,7 +174,10 @@ mod tests {
         );
         check("HTTP/1.0 204\r\na:  b \r\n\r\n", Some((204, "", &[("a", "b")], "")));
         check("HTTP/1.1 200 OK\r\n", None);
-        check("HTTP/2 200 OK\r\n\r\n", None);
+        // curl's `-D` writes HTTP/2 heads so; raw HTTP/2 never reaches this parser.
+        check("HTTP/2 200 \r\nvia: 2 proxyd\r\n\r\n", Some((200, "", &[("via", "2 proxyd")], "")));
+        check("HTTP/2.0 200 OK\r\n\r\n", None);
+        check("HTTP/3 200\r\n\r\n", None);
         check("HTTP/1.1 abc OK\r\n\r\n", None);
         check("HTTP/1.1 200 OK\r\nno-colon\r\n\r\n", None);
         check("", None);

@@ -14,6 +14,9 @@
 //!   (`&chunked=1` omits it, so the response is chunked);
 //! - `/slow?ms=N` waits `N` ms (at most a minute) before answering as below, for drain tests;
 //! - `/status/CODE` answers that status (200..=599);
+//! - a request with `content-type: application/grpc...` is echoed gRPC-style: its body back,
+//!   `content-type: application/grpc`, trailers `grpc-status: 0` and `x-echo-trailers` (the
+//!   names of the request's trailers);
 //! - anything else answers 200, `content-type: text/plain`, body `origin METHOD TARGET\n`
 //!   followed by the request body.
 //!

@@ -4,7 +4,7 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tokio::sync::watch;
@@ -29,6 +29,11 @@ pub struct RecordedRequest {
     pub headers: Headers,
     /// The whole request body, de-chunked.
     pub body: Vec<u8>,
+    /// The HTTP version it arrived in (`HTTP/2` from [`crate::TlsOrigin::start_h2`] when the
+    /// client negotiated it).
+    pub version: Version,
+    /// The trailer fields that followed the body, like [`RecordedRequest::headers`].
+    pub trailers: Headers,
 }
 
 impl RecordedRequest {
@@ -42,18 +47,34 @@ impl RecordedRequest {
         self.header("proxy-authorization")
     }
 
-    fn new(method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Self {
-        let headers = headers
-            .iter()
-            .map(|(name, value)| {
-                (name.as_str().to_owned(), String::from_utf8_lossy(value.as_bytes()).into_owned())
-            })
-            .collect();
+    /// The first value of trailer field `name` (case-insensitive).
+    pub fn trailer(&self, name: &str) -> Option<&str> {
+        self.trailers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    fn new(
+        method: &Method,
+        uri: &Uri,
+        version: Version,
+        headers: &HeaderMap,
+        body: &[u8],
+        trailers: Option<&HeaderMap>,
+    ) -> Self {
+        let list = |map: &HeaderMap| {
+            map.iter()
+                .map(|(name, value)| {
+                    let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                    (name.as_str().to_owned(), value)
+                })
+                .collect()
+        };
         RecordedRequest {
             method: method.to_string(),
             target: uri.to_string(),
-            headers,
+            headers: list(headers),
             body: body.to_vec(),
+            version,
+            trailers: trailers.map(list).unwrap_or_default(),
         }
     }
 }
@@ -84,7 +105,14 @@ impl Recorder {
     /// Counts and records a request whose body is not read (an upgrade or CONNECT request).
     pub(crate) fn receive_head<B>(&self, req: &Request<B>) {
         self.hit();
-        self.record(RecordedRequest::new(req.method(), req.uri(), req.headers(), &[]));
+        self.record(RecordedRequest::new(
+            req.method(),
+            req.uri(),
+            req.version(),
+            req.headers(),
+            &[],
+            None,
+        ));
     }
 
     pub(crate) fn hits(&self) -> usize {
@@ -106,15 +134,20 @@ impl Recorder {
 
     /// Counts `req`, reads its whole body (bounded in size and time) and records it.
     ///
-    /// On a body error, returns the response to send instead (413 or 400).
+    /// Returns the head, the body and the trailers, if any. On a body error, returns the
+    /// response to send instead (413 or 400).
     pub(crate) async fn receive(
         &self,
         req: Request<Incoming>,
-    ) -> Result<(Parts, Bytes), Response<Body>> {
+    ) -> Result<(Parts, Bytes, Option<HeaderMap>), Response<Body>> {
         self.hit();
         let (parts, body) = req.into_parts();
-        let body = match timeout(TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
-            Ok(Ok(collected)) => collected.to_bytes(),
+        let (body, trailers) = match timeout(TIMEOUT, Limited::new(body, MAX_BODY).collect()).await
+        {
+            Ok(Ok(collected)) => {
+                let trailers = collected.trailers().cloned();
+                (collected.to_bytes(), trailers)
+            }
             Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => {
                 return Err(text(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n"));
             }
@@ -124,7 +157,14 @@ impl Recorder {
             }
             Err(_) => return Err(text(StatusCode::REQUEST_TIMEOUT, "body read timed out\n")),
         };
-        self.record(RecordedRequest::new(&parts.method, &parts.uri, &parts.headers, &body));
-        Ok((parts, body))
+        self.record(RecordedRequest::new(
+            &parts.method,
+            &parts.uri,
+            parts.version,
+            &parts.headers,
+            &body,
+            trailers.as_ref(),
+        ));
+        Ok((parts, body, trailers))
     }
 }

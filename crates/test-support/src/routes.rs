@@ -7,9 +7,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderValue};
+use http::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Frame, Incoming, SizeHint};
 
 use crate::record::Recorder;
@@ -24,10 +24,14 @@ const SLOW_MAX: Duration = Duration::from_secs(60);
 
 /// Records `req` in `recorder` and answers it from the routes above.
 pub(crate) async fn origin(req: Request<Incoming>, recorder: Arc<Recorder>) -> Response<Body> {
-    let (parts, body) = match recorder.receive(req).await {
+    let (parts, body, trailers) = match recorder.receive(req).await {
         Ok(received) => received,
         Err(response) => return response,
     };
+    let grpc = parts.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    if grpc.is_some_and(|ct| ct.starts_with("application/grpc")) {
+        return grpc_echo(body, trailers);
+    }
     let path = parts.uri.path();
     let query = parts.uri.query().unwrap_or("");
     if path == "/big" {
@@ -45,6 +49,21 @@ pub(crate) async fn origin(req: Request<Incoming>, recorder: Arc<Recorder>) -> R
     let mut answer = format!("origin {} {}\n", parts.method, parts.uri).into_bytes();
     answer.extend_from_slice(&body);
     text(StatusCode::OK, answer)
+}
+
+/// A gRPC-style answer: the request body back, `content-type: application/grpc`, and the
+/// trailers `grpc-status: 0` and `x-echo-trailers` (the request trailer names, comma-separated).
+fn grpc_echo(body: Bytes, trailers: Option<HeaderMap>) -> Response<Body> {
+    let names: Vec<&str> = trailers.iter().flat_map(|t| t.keys()).map(|k| k.as_str()).collect();
+    let mut out = HeaderMap::new();
+    out.insert("grpc-status", HeaderValue::from_static("0"));
+    if let Ok(value) = HeaderValue::from_str(&names.join(",")) {
+        out.insert("x-echo-trailers", value);
+    }
+    let body = Full::new(body).with_trailers(async move { Some(Ok(out)) });
+    let mut response = Response::new(body.boxed());
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    response
 }
 
 /// The value of `key` in an `a=1&b=2` query string.

@@ -14,10 +14,10 @@ use http::{Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper::upgrade::{OnUpgrade, Upgraded};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::timeout;
@@ -149,6 +149,30 @@ where
     let conn = builder.serve_connection(TokioIo::new(io), service).with_upgrades();
     if let Err(error) = conn.await {
         tracing::debug!(%error, "http connection ended with an error");
+    }
+}
+
+/// Serves HTTP/2 on `io` until the peer closes.
+pub(crate) async fn serve_http2<I, F, Fut>(io: I, handle: F)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Send + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let service = service_fn(move |req: Request<Incoming>| {
+        // hyper's HTTP/1.1 side drops the body of a HEAD response; over HTTP/2 that is the
+        // server's job (DATA on a HEAD stream is a protocol error, RFC 9113 §8.1.1).
+        let head = req.method() == http::Method::HEAD;
+        let response = handle(req);
+        async move {
+            let response = response.await;
+            Ok::<_, Infallible>(if head { response.map(|_| empty()) } else { response })
+        }
+    });
+    let conn =
+        http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(io), service);
+    if let Err(error) = conn.await {
+        tracing::debug!(%error, "http/2 connection ended with an error");
     }
 }
 

@@ -1,4 +1,4 @@
-//! The HTTP origin over TLS, recording the SNI each client sent.
+//! The HTTP origin over TLS, recording the SNI each client sent; HTTP/1.1, or also HTTP/2.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -10,10 +10,11 @@ use tokio::time::timeout;
 use tokio_rustls::LazyConfigAcceptor;
 
 use crate::record::{RecordedRequest, Recorder};
-use crate::server::{Log, ServerTask, lock, serve_http1, spawn_accept_loop};
+use crate::server::{Log, ServerTask, lock, serve_http1, serve_http2, spawn_accept_loop};
 use crate::{TIMEOUT, TestCa, routes};
 
-/// An HTTPS origin (TLS, ALPN http/1.1) with the routes and recording of [`crate::HttpOrigin`].
+/// An HTTPS origin (TLS, ALPN http/1.1, or h2 and http/1.1 from [`TlsOrigin::start_h2`]) with
+/// the routes and recording of [`crate::HttpOrigin`].
 ///
 /// Stops when dropped.
 #[derive(Debug)]
@@ -28,7 +29,18 @@ impl TlsOrigin {
     /// Starts on `127.0.0.1:0` with a leaf for `names` signed by `ca`, e.g.
     /// `&["localhost", "127.0.0.1", "::1"]`.
     pub async fn start(ca: &TestCa, names: &[&str]) -> anyhow::Result<Self> {
-        let config = ca.server_config(names)?;
+        Self::serve(ca.server_config(names)?).await
+    }
+
+    /// Like [`TlsOrigin::start`], offering ALPN `h2` first and `http/1.1`, and speaking HTTP/2
+    /// to clients that pick it ([`RecordedRequest::version`] tells which).
+    pub async fn start_h2(ca: &TestCa, names: &[&str]) -> anyhow::Result<Self> {
+        let mut config = (*ca.server_config(names)?).clone();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Self::serve(Arc::new(config)).await
+    }
+
+    async fn serve(config: Arc<rustls::ServerConfig>) -> anyhow::Result<Self> {
         let listener =
             TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.context("bind tls origin")?;
         let addr = listener.local_addr().context("tls origin address")?;
@@ -88,5 +100,10 @@ async fn serve_tls(
         Ok(Err(error)) => return tracing::debug!(%error, "tls handshake failed"),
         Err(_) => return tracing::debug!("tls handshake timed out"),
     };
-    serve_http1(tls, move |req| routes::origin(req, Arc::clone(&recorder))).await;
+    match tls.get_ref().1.alpn_protocol() {
+        Some(b"h2") => {
+            serve_http2(tls, move |req| routes::origin(req, Arc::clone(&recorder))).await
+        }
+        _ => serve_http1(tls, move |req| routes::origin(req, Arc::clone(&recorder))).await,
+    }
 }

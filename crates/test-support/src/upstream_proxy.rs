@@ -102,7 +102,7 @@ async fn handle(
         return response;
     }
     let absolute = req.uri().scheme().is_some();
-    let (parts, _) = match recorder.receive(req).await {
+    let (parts, ..) = match recorder.receive(req).await {
         Ok(received) => received,
         Err(response) => return response,
     };

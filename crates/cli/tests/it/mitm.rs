@@ -34,9 +34,17 @@ struct Setup {
 
 impl Setup {
     async fn new(extra: &str) -> anyhow::Result<Setup> {
+        Setup::with_origin(extra, false).await
+    }
+
+    /// [`Setup::new`] with an origin that speaks HTTP/2 when offered (`h2`).
+    async fn with_origin(extra: &str, h2: bool) -> anyhow::Result<Setup> {
         let dir = temp_dir("proxyd-cli-mitm")?;
         let ca = TestCa::new()?;
-        let origin = TlsOrigin::start(&ca, &["localhost"]).await?;
+        let origin = match h2 {
+            true => TlsOrigin::start_h2(&ca, &["localhost"]).await?,
+            false => TlsOrigin::start(&ca, &["localhost"]).await?,
+        };
         let test_ca = ca.write_pem(&dir)?;
         let ca_dir = dir.join("ca");
         let toml = network(&format!(
@@ -101,8 +109,9 @@ async fn exec_curl_reads_over_https_and_writes_are_blocked() -> anyhow::Result<(
     args.extend(["-D", "-", "-X", "POST", "-d", "data", &post]);
     let output = setup.run(&args).await?;
     let stdout = text(&output.stdout);
-    // The proxy's answer to CONNECT first, then the one to the POST inside the tunnel.
-    ensure!(stdout.starts_with("HTTP/1.1 200") && stdout.contains("HTTP/1.1 403"), "{stdout}");
+    // The proxy's answer to CONNECT first, then the one to the POST inside the tunnel, over
+    // HTTP/2, which curl negotiates inside the tunnel by default.
+    ensure!(stdout.starts_with("HTTP/1.1 200") && stdout.contains("HTTP/2 403"), "{stdout}");
     ensure!(stdout.contains("x-proxy-error: blocked-by-method-policy"), "{stdout}");
     ensure!(stdout.contains("\"protocol\":\"https\""), "{stdout}");
     let summary = format!("localhost:{} method_not_allowed via https", setup.origin.addr().port());
@@ -235,6 +244,43 @@ async fn a_running_proxyd_intercepts_for_curl_trusting_its_ca() -> anyhow::Resul
     ensure!(sni.connect == 200 && sni.code == 0 && sni.exit != 0, "sni mismatch: {sni:?}");
     daemon.decision("http-connect", "127.0.0.1", "sni_mismatch").await?;
     ensure!(setup.origin.hits() == 1, "only the first GET reached the origin");
+    Ok(())
+}
+
+/// `curl --http2` through interception: curl negotiates h2 inside the tunnel, proxyd answers
+/// over HTTP/2 and speaks HTTP/2 to an origin that offers it; every request is still decided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_proxyd_intercepts_curl_http2() -> anyhow::Result<()> {
+    let version = Command::new(CURL).arg("-V").output().await.context("curl -V")?;
+    ensure!(text(&version.stdout).contains("HTTP2"), "curl without HTTP/2: {version:?}");
+    let setup = Setup::with_origin("allowed_domains = [\"localhost\"]", true).await?;
+    let daemon = Daemon::start(&setup).await?;
+    daemon
+        .wait_for("the ca certificate", |e| {
+            e["fields"]["message"] == "interception ca certificate written"
+        })
+        .await?;
+    let cert = setup.ca_dir().join("ca.pem");
+    let cacert = cert.to_str().context("path")?;
+
+    let url = setup.url("/h2?x=1");
+    let get = curl(daemon.addr, &["--http2", "--cacert", cacert, &url]).await?;
+    ensure!(get.connect == 200 && get.code == 200, "{get:?}");
+    ensure!(get.http_version == "2", "the response came over h2 from proxyd: {get:?}");
+    ensure!(get.head()?.header("via") == Some("2 proxyd"), "{get:?}");
+    // The HTTP/2 origin sees the absolute target.
+    ensure!(get.body_text() == format!("origin GET {url}\n"), "{get:?}");
+    let seen = setup.origin.requests();
+    ensure!(seen.len() == 1 && format!("{:?}", seen[0].version) == "HTTP/2.0", "{seen:?}");
+    daemon.decision("https", "localhost", "allowed").await?;
+
+    let post =
+        curl(daemon.addr, &["--http2", "--cacert", cacert, "-d", "x", &setup.url("/y")]).await?;
+    ensure!(post.http_version == "2", "{post:?}");
+    let body = assert_blocked(&post, 403, "blocked-by-method-policy", "method_not_allowed")?;
+    ensure!(body["protocol"] == "https" && body["method"] == "POST", "{body}");
+    daemon.decision("https", "localhost", "method_not_allowed").await?;
+    ensure!(setup.origin.hits() == 1, "only the GET reached the origin");
     Ok(())
 }
 

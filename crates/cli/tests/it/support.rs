@@ -270,6 +270,8 @@ pub(crate) struct Curl {
     pub(crate) connect: u64,
     /// Every response head received, in order: the `CONNECT` answer first when tunnelling.
     pub(crate) heads: Vec<ResponseHead>,
+    /// The final response's HTTP version as curl's `%{http_version}` has it: `1.1`, `2`.
+    pub(crate) http_version: String,
     pub(crate) body: Vec<u8>,
     pub(crate) stderr: String,
 }
@@ -334,6 +336,7 @@ pub(crate) async fn curl(proxy: SocketAddr, args: &[&str]) -> anyhow::Result<Cur
         code: number("http_code"),
         connect: number("http_connect"),
         heads,
+        http_version: stats["http_version"].as_str().unwrap_or_default().to_owned(),
         body: std::fs::read(&body_file).unwrap_or_default(),
         stderr,
     })

@@ -5,11 +5,18 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use bytes::Bytes;
-use http::{Request, StatusCode};
+use http::{HeaderMap, HeaderValue, Request, StatusCode, Version};
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame};
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use proxyd_net::Outcome;
 use proxyd_policy::{ListKind, Mode, PatternSet, Policy, Protocol, Reason};
 use proxyd_test_support::{Canary, TempDir, TestCa, TlsOrigin, temp_dir};
@@ -30,9 +37,18 @@ struct Setup {
 }
 
 async fn setup(limited: bool) -> anyhow::Result<Setup> {
+    setup_with(limited, false).await
+}
+
+/// [`setup`] with an origin that speaks HTTP/2 when offered (`h2`) or HTTP/1.1 only.
+async fn setup_with(limited: bool, h2: bool) -> anyhow::Result<Setup> {
     let dir = temp_dir("proxyd-http-proxy-mitm")?;
     let ca = TestCa::new()?;
-    let origin = TlsOrigin::start(&ca, &["allowed.test", "127.0.0.1"]).await?;
+    let names = ["allowed.test", "127.0.0.1"];
+    let origin = match h2 {
+        true => TlsOrigin::start_h2(&ca, &names).await?,
+        false => TlsOrigin::start(&ca, &names).await?,
+    };
     let builder = proxy().mitm().trust(ca.write_pem(&dir)?);
     let builder = if limited { builder.limited() } else { builder };
     Ok(Setup { origin, proxy: builder.start().await?, _dir: dir })
@@ -199,13 +215,19 @@ async fn an_ip_literal_is_intercepted_without_sni() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-async fn only_http_1_1_is_offered() -> anyhow::Result<()> {
+async fn alpn_prefers_h2_and_offers_http_1_1() -> anyhow::Result<()> {
     let Setup { origin, proxy, _dir } = setup(true).await?;
     let authority = format!("allowed.test:{}", origin.addr().port());
     let name = ServerName::try_from("allowed.test")?;
-    assert!(tls(&proxy, &authority, name.clone(), &[b"h2"]).await?.is_err(), "h2 only");
-    let stream = tls(&proxy, &authority, name, &[b"h2", b"http/1.1"]).await??;
-    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    for (offered, chosen) in [
+        (&[&b"h2"[..]][..], &b"h2"[..]),
+        (&[b"http/1.1", b"h2"], b"h2"),
+        (&[b"http/1.1"], b"http/1.1"),
+    ] {
+        let stream = tls(&proxy, &authority, name.clone(), offered).await??;
+        assert_eq!(stream.get_ref().1.alpn_protocol(), Some(chosen), "offered {offered:?}");
+    }
+    assert!(tls(&proxy, &authority, name, &[b"spdy/3"]).await?.is_err(), "no common protocol");
     Ok(())
 }
 
@@ -296,5 +318,251 @@ async fn plaintext_inside_an_intercepted_tunnel_is_recorded_and_goes_nowhere() -
     assert_eq!(origin.hits(), 0);
     let not_tls = (Protocol::HttpConnect, Outcome::Failed("mitm_not_tls"));
     assert_eq!(proxy.outcomes(), [not_tls]);
+    Ok(())
+}
+
+type H2Body = BoxBody<Bytes, Infallible>;
+
+/// An HTTP/2 client (ALPN `h2` only) over a TLS tunnel with `allowed.test` as server name.
+async fn h2_client(proxy: &Proxy, authority: &str) -> anyhow::Result<http2::SendRequest<H2Body>> {
+    let name = ServerName::try_from("allowed.test")?;
+    let stream = tls(proxy, authority, name, &[b"h2"]).await??;
+    anyhow::ensure!(stream.get_ref().1.alpn_protocol() == Some(b"h2"), "h2 not negotiated");
+    let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+/// What an HTTP/2 client got back, trailers included.
+struct H2Answer {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+    x_proxy_error: Option<String>,
+    body: Bytes,
+    trailers: Option<HeaderMap>,
+}
+
+impl H2Answer {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+async fn send_h2(
+    sender: &mut http2::SendRequest<H2Body>,
+    request: Request<H2Body>,
+) -> anyhow::Result<H2Answer> {
+    let response = timeout(TIMEOUT, sender.send_request(request)).await??;
+    let (status, version) = (response.status(), response.version());
+    let headers = response.headers().clone();
+    let x_proxy_error =
+        headers.get("x-proxy-error").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let collected = timeout(TIMEOUT, response.into_body().collect()).await??;
+    let trailers = collected.trailers().cloned();
+    Ok(H2Answer { status, version, headers, x_proxy_error, body: collected.to_bytes(), trailers })
+}
+
+/// An HTTP/2 request for `uri` (absolute: it sets `:scheme` and `:authority`).
+fn h2_request(method: &str, uri: &str, body: H2Body) -> anyhow::Result<Request<H2Body>> {
+    Ok(Request::builder().version(Version::HTTP_2).method(method).uri(uri).body(body)?)
+}
+
+fn full(body: &'static str) -> H2Body {
+    Full::new(Bytes::from_static(body.as_bytes())).boxed()
+}
+
+/// A body of unknown length: HTTP/2 announces it only by the missing END_STREAM flag on the
+/// request's HEADERS frame, with no `content-length` at all.
+struct Unsized(Option<Bytes>);
+
+impl Body for Unsized {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.0.take().map(|data| Ok(Frame::data(data))))
+    }
+}
+
+/// A body that never ends (and never sends anything).
+struct Endless;
+
+impl Body for Endless {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Pending
+    }
+}
+
+#[tokio::test]
+async fn h2_inside_the_tunnel_reads_pass_and_writes_are_blocked() -> anyhow::Result<()> {
+    let Setup { origin, proxy, _dir } = setup_with(true, true).await?;
+    let authority = format!("allowed.test:{}", origin.addr().port());
+    let mut client = h2_client(&proxy, &authority).await?;
+    let url = |path: &str| format!("https://{authority}{path}");
+
+    let get = send_h2(&mut client, h2_request("GET", &url("/read?x=1"), full(""))?).await?;
+    assert_eq!(get.status, 200, "{}", get.text());
+    assert_eq!(get.version, Version::HTTP_2);
+    // An HTTP/2 origin sees the absolute target (`:scheme`, `:authority`, `:path`).
+    assert_eq!(get.text(), format!("origin GET {}\n", url("/read?x=1")));
+    assert_eq!(get.headers.get("via").map(|v| v.as_bytes()), Some(&b"2 proxyd"[..]));
+    let seen = &origin.requests()[0];
+    assert_eq!(seen.version, Version::HTTP_2, "proxyd speaks h2 to an origin that offers it");
+    assert_eq!(seen.header("via"), Some("2 proxyd"));
+    assert_eq!(seen.header("host"), None, "the authority travels in :authority");
+    assert_eq!(origin.sni(), ["allowed.test"]);
+
+    // The same connection, a write: decided on its own, refused, never forwarded.
+    let post = send_h2(&mut client, h2_request("POST", &url("/write"), full("data"))?).await?;
+    assert_eq!(post.status, 403, "{}", post.text());
+    assert_eq!(post.x_proxy_error.as_deref(), Some("blocked-by-method-policy"));
+    let json: serde_json::Value = serde_json::from_slice(&post.body)?;
+    assert_eq!((json["protocol"].as_str(), json["method"].as_str()), (Some("https"), Some("POST")));
+    assert_eq!(json["reason"], "method_not_allowed");
+    // A GET with a body and no content-length: HTTP/2 frames it, the side door still sees it.
+    let body = Unsized(Some(Bytes::from_static(b"data"))).boxed();
+    let unsized_get = send_h2(&mut client, h2_request("GET", &url("/"), body)?).await?;
+    assert_eq!(unsized_get.status, 403, "a GET with a body: {}", unsized_get.text());
+    // An upload still under way when it is refused: the client reads the 403 (the stream is
+    // reset with NO_ERROR after it, not cancelled before it).
+    let endless = send_h2(&mut client, h2_request("PUT", &url("/up"), Endless.boxed())?).await?;
+    assert_eq!(endless.status, 403, "{}", endless.text());
+    assert_eq!(endless.x_proxy_error.as_deref(), Some("blocked-by-method-policy"));
+    let head = send_h2(&mut client, h2_request("HEAD", &url("/"), full(""))?).await?;
+    assert_eq!(head.status, 200);
+    assert_eq!(origin.hits(), 2, "only the GET and the HEAD reached the origin");
+
+    let method_block = Outcome::Blocked(Reason::MethodNotAllowed);
+    assert_eq!(
+        proxy.outcomes(),
+        [
+            (Protocol::HttpConnect, Outcome::Allowed),
+            (Protocol::Https, Outcome::Allowed),
+            (Protocol::Https, method_block.clone()),
+            (Protocol::Https, method_block.clone()),
+            (Protocol::Https, method_block),
+            (Protocol::Https, Outcome::Allowed),
+        ]
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_h2_client_reaches_an_http_1_1_origin_and_back() -> anyhow::Result<()> {
+    let Setup { origin, proxy, _dir } = setup_with(true, false).await?;
+    let authority = format!("allowed.test:{}", origin.addr().port());
+    let mut client = h2_client(&proxy, &authority).await?;
+    let uri = format!("https://{authority}/mixed");
+    let get = send_h2(&mut client, h2_request("GET", &uri, full(""))?).await?;
+    assert_eq!((get.status, get.version), (StatusCode::OK, Version::HTTP_2), "{}", get.text());
+    assert_eq!(get.text(), "origin GET /mixed\n");
+    let seen = &origin.requests()[0];
+    assert_eq!(seen.version, Version::HTTP_11);
+    assert_eq!(seen.header("host"), Some(authority.as_str()), "Host made from :authority");
+    assert_eq!(seen.header("via"), Some("2 proxyd"));
+
+    // And an HTTP/1.1 client to an HTTP/2 origin.
+    let Setup { origin, proxy, _dir } = setup_with(true, true).await?;
+    let authority = format!("allowed.test:{}", origin.addr().port());
+    let mut client = https_client(&proxy, &authority).await?;
+    let get = send(&mut client, "GET", "/other", &authority, "").await?;
+    assert_eq!(get.status, 200, "{}", get.body);
+    assert_eq!(origin.requests()[0].version, Version::HTTP_2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn h2_authority_must_equal_the_connect_host() -> anyhow::Result<()> {
+    let Setup { origin, proxy, _dir } = setup_with(true, true).await?;
+    let port = origin.addr().port();
+    let authority = format!("allowed.test:{port}");
+    let mut client = h2_client(&proxy, &authority).await?;
+    for wrong in ["evil.test", "a.allowed.test", "allowed.test", &format!("127.0.0.1:{port}")] {
+        let uri = format!("https://{wrong}/");
+        let answer = send_h2(&mut client, h2_request("GET", &uri, full(""))?).await?;
+        assert_eq!(answer.status, 400, ":authority {wrong}: {}", answer.text());
+        assert!(answer.text().contains(":authority does not match"), "{}", answer.text());
+    }
+    // `:authority` right, a `Host` naming another host.
+    let mut request = h2_request("GET", &format!("https://{authority}/"), full(""))?;
+    request.headers_mut().insert("host", HeaderValue::from_static("evil.test"));
+    let answer = send_h2(&mut client, request).await?;
+    assert_eq!(answer.status, 400, "{}", answer.text());
+    // A CONNECT stream inside the tunnel.
+    let connect = h2_request("CONNECT", &authority, full(""))?;
+    let answer = send_h2(&mut client, connect).await?;
+    assert_eq!(answer.status, 400, "{}", answer.text());
+    assert!(answer.text().contains("connect inside an intercepted tunnel"), "{}", answer.text());
+    assert_eq!(origin.hits(), 0);
+    // The tunnel itself was allowed; nothing inside was decided.
+    assert_eq!(proxy.outcomes(), [(Protocol::HttpConnect, Outcome::Allowed)]);
+    Ok(())
+}
+
+/// A gRPC call (a POST with `te: trailers`, a length-prefixed message and request trailers)
+/// through an intercepted tunnel. Limited mode refuses it, like any POST; once the proxy is
+/// switched to full mode the tunnel stays intercepted and the call goes through, trailers both
+/// ways.
+#[tokio::test]
+async fn grpc_over_an_intercepted_h2_tunnel_carries_trailers_both_ways() -> anyhow::Result<()> {
+    let Setup { origin, proxy, _dir } = setup_with(true, true).await?;
+    let authority = format!("allowed.test:{}", origin.addr().port());
+    let mut client = h2_client(&proxy, &authority).await?;
+    let uri = format!("https://{authority}/echo.Echo/Say");
+    // A gRPC message: uncompressed flag, 4-byte big-endian length, 5 bytes of protobuf.
+    let message = Bytes::from_static(b"\x00\x00\x00\x00\x05\x0a\x03abc");
+    let call = |trailer: &'static str| -> anyhow::Result<Request<H2Body>> {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-checksum", HeaderValue::from_static(trailer));
+        let body = Full::new(message.clone()).with_trailers(async move { Some(Ok(trailers)) });
+        let mut request = h2_request("POST", &uri, body.boxed())?;
+        let headers = request.headers_mut();
+        headers.insert("content-type", HeaderValue::from_static("application/grpc"));
+        headers.insert("te", HeaderValue::from_static("trailers"));
+        Ok(request)
+    };
+
+    let limited = send_h2(&mut client, call("limited")?).await?;
+    assert_eq!(limited.status, 403, "limited mode refuses the POST: {}", limited.text());
+    assert_eq!(limited.x_proxy_error.as_deref(), Some("blocked-by-method-policy"));
+    assert_eq!(origin.hits(), 0);
+
+    proxy.engine.set_mode(Mode::Full);
+    let answer = send_h2(&mut client, call("c0ffee")?).await?;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.version, Version::HTTP_2);
+    assert_eq!(
+        answer.headers.get("content-type").map(|v| v.as_bytes()),
+        Some(&b"application/grpc"[..])
+    );
+    assert_eq!(answer.body, message, "the message came back");
+    let trailers = answer.trailers.ok_or_else(|| anyhow::anyhow!("no response trailers"))?;
+    assert_eq!(trailers.get("grpc-status").map(|v| v.as_bytes()), Some(&b"0"[..]));
+    assert_eq!(trailers.get("x-echo-trailers").map(|v| v.as_bytes()), Some(&b"x-checksum"[..]));
+
+    let seen = &origin.requests()[0];
+    assert_eq!((seen.method.as_str(), seen.version), ("POST", Version::HTTP_2));
+    assert_eq!(seen.header("te"), Some("trailers"), "te: trailers is forwarded");
+    assert_eq!(seen.header("content-type"), Some("application/grpc"));
+    assert_eq!(seen.body, message);
+    assert_eq!(seen.trailer("x-checksum"), Some("c0ffee"), "request trailers reach the origin");
+    assert_eq!(
+        proxy.outcomes(),
+        [
+            (Protocol::HttpConnect, Outcome::Allowed),
+            (Protocol::Https, Outcome::Blocked(Reason::MethodNotAllowed)),
+            (Protocol::Https, Outcome::Allowed),
+        ]
+    );
     Ok(())
 }
