@@ -255,6 +255,7 @@ impl NetworkProxyBuilder {
                     idle_timeout: config.idle_timeout,
                     max_connections: config.max_connections,
                     enable_udp: config.enable_socks5_udp,
+                    interceptor: http_proxy.interceptor(),
                 },
             );
             live.add_listener("socks5", addr, proxy.connections());

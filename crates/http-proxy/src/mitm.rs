@@ -26,7 +26,6 @@ use std::sync::Arc;
 use http::{Method, Request, Response, StatusCode, Uri, Version, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use proxyd_net::{Admission, Connections, Failure};
 use proxyd_policy::{Host, Protocol, Reason, Target};
@@ -61,16 +60,7 @@ pub(crate) async fn open(
         method: "CONNECT",
         mode: admission.mode(),
     };
-    if !ca.covers(&target.host) {
-        // The allowlist grew after start-up: the CA's name constraints predate the change.
-        tracing::warn!(host = %target.host, "the interception ca does not cover this host: restart proxyd");
-        return respond::refusal(&admission.fail(Failure::MitmCaScope), &cx);
-    }
-    // Through an upstream proxy the name is resolved there (SPEC §7.6); otherwise resolve and
-    // check it now, so a name that only leads to blocked addresses is refused before the 200.
-    if shared.settings.upstream.for_target(true, &target).is_none()
-        && let Err(refusal) = admission.resolve().await
-    {
+    if let Err(refusal) = prepare(shared, &ca, &mut admission).await {
         return respond::refusal(&refusal, &cx);
     }
     let on_upgrade = hyper::upgrade::on(&mut req);
@@ -82,7 +72,10 @@ pub(crate) async fn open(
         async move {
             let _guard = guard;
             match on_upgrade.await {
-                Ok(upgraded) => serve(shared, ca, admission, target, upgraded, tunnels).await,
+                Ok(upgraded) => {
+                    let stream: Box<dyn ClientStream> = Box::new(TokioIo::new(upgraded));
+                    serve(shared, ca, admission, target, stream, tunnels).await;
+                }
                 Err(err) => tracing::debug!(error = %err, "connect upgrade failed"),
             }
         },
@@ -93,17 +86,75 @@ pub(crate) async fn open(
     response
 }
 
+/// What must hold before a tunnel is answered: the CA may sign for the host, and (unless an
+/// upstream proxy resolves it, SPEC §7.6) the name resolves to allowed addresses, so a name
+/// that only leads to blocked addresses is refused before the tunnel opens.
+async fn prepare(
+    shared: &Shared,
+    ca: &InterceptCa,
+    admission: &mut Admission,
+) -> Result<(), proxyd_net::Refusal> {
+    let target = admission.target().clone();
+    if !ca.covers(&target.host) {
+        // The allowlist grew after start-up: the CA's name constraints predate the change.
+        tracing::warn!(host = %target.host, "the interception ca does not cover this host: restart proxyd");
+        return Err(admission.fail(Failure::MitmCaScope));
+    }
+    if shared.settings.upstream.for_target(true, &target).is_none() {
+        admission.resolve().await?;
+    }
+    Ok(())
+}
+
+/// A client stream an intercepted tunnel is served on: an upgraded `CONNECT`, or a SOCKS5
+/// connection.
+pub(crate) trait ClientStream:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send
+{
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> ClientStream for S {}
+
+/// Intercepts SOCKS5 `CONNECT`s to port 443 (limited mode, hosts with rules or brokered
+/// credentials) with the same TLS termination and per-request decisions as an HTTP `CONNECT`.
+pub(crate) struct Socks5Interceptor {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) ca: Arc<InterceptCa>,
+}
+
+impl proxyd_net::Interceptor for Socks5Interceptor {
+    fn prepare<'a>(
+        &'a self,
+        admission: &'a mut Admission,
+    ) -> proxyd_net::BoxFuture<'a, Result<(), proxyd_net::Refusal>> {
+        Box::pin(prepare(&self.shared, &self.ca, admission))
+    }
+
+    fn serve(
+        &self,
+        admission: Admission,
+        stream: tokio::net::TcpStream,
+    ) -> proxyd_net::BoxFuture<'static, ()> {
+        let (shared, ca) = (self.shared.clone(), self.ca.clone());
+        let target = admission.target().clone();
+        Box::pin(async move {
+            let stream: Box<dyn ClientStream> = Box::new(stream);
+            serve(shared, ca, admission, target, stream, Connections::new()).await;
+        })
+    }
+}
+
 /// Terminates TLS on the tunnel and serves the requests inside it.
 async fn serve(
     shared: Arc<Shared>,
     ca: Arc<InterceptCa>,
     mut admission: Admission,
     target: Target,
-    upgraded: Upgraded,
+    stream: Box<dyn ClientStream>,
     tunnels: Connections,
 ) {
     let handshake_timeout = shared.settings.header_read_timeout;
-    let acceptor = LazyConfigAcceptor::new(Acceptor::default(), TokioIo::new(upgraded));
+    let acceptor = LazyConfigAcceptor::new(Acceptor::default(), stream);
     let start = match timeout(handshake_timeout, acceptor).await {
         Ok(Ok(start)) => start,
         // Not TLS (or not in time): nothing reaches any origin, but the attempt is recorded,

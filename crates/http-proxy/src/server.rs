@@ -65,6 +65,13 @@ impl HttpProxy {
         HttpProxy { shared: Arc::new(shared) }
     }
 
+    /// Interception for SOCKS5 `CONNECT`s to port 443, when this listener has an interception CA.
+    pub fn interceptor(&self) -> Option<Arc<dyn proxyd_net::Interceptor>> {
+        let ca = self.shared.settings.mitm.clone()?;
+        let interceptor = crate::mitm::Socks5Interceptor { shared: self.shared.clone(), ca };
+        Some(Arc::new(interceptor))
+    }
+
     /// Open client connections (for metrics).
     pub fn connections(&self) -> Connections {
         self.shared.connections.clone()

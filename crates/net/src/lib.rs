@@ -62,5 +62,17 @@ pub use engine::{
 pub use lookups::{CLIENT_SHARE, MAX_LOOKUPS};
 pub use proxyd_lifecycle::{Connections, Lifecycle, Tracked};
 pub use resolve::{BoxFuture, Resolver, StaticResolver, SystemResolver};
+
+/// A listener that can terminate a tunnel and decide each request inside it (the HTTP
+/// listener's interception), offered to another listener (SOCKS5) through `cli`, since no
+/// listener crate depends on another.
+pub trait Interceptor: Send + Sync + 'static {
+    /// What must hold before the tunnel is answered (the CA covers the host, the name resolves
+    /// to allowed addresses); a failure is settled on the admission.
+    fn prepare<'a>(&'a self, admission: &'a mut Admission) -> BoxFuture<'a, Result<(), Refusal>>;
+
+    /// Serves the tunnel on `stream`; the admission is settled when the TLS handshake ends.
+    fn serve(&self, admission: Admission, stream: tokio::net::TcpStream) -> BoxFuture<'static, ()>;
+}
 pub use splice::{SPLICE_BUFFER_SIZE, SPLICE_INITIAL_BUFFER_SIZE, splice};
 pub use udp::{Association, UdpRoute};

@@ -21,8 +21,22 @@ pub(crate) async fn handle(
 ) {
     let limit = shared.settings.handshake_timeout;
     // Limited mode refuses every SOCKS5 command here (`method_not_allowed`, SPEC §6.2).
-    let attempt = Attempt::new(Protocol::Socks5, target, Some(peer));
+    let intercept = shared.settings.interceptor.clone().filter(|_| target.port == 443);
+    let attempt =
+        Attempt::new(Protocol::Socks5, target, Some(peer)).inspectable(intercept.is_some());
     let admitted = match shared.engine.admit(attempt).await {
+        Ok(mut admission) if admission.inspected() && intercept.is_some() => {
+            let Some(interceptor) = intercept else { return };
+            if let Err(refusal) = interceptor.prepare(&mut admission).await {
+                send_reply(&mut client, refusal_reply(&refusal), UNSPECIFIED, limit).await;
+                return;
+            }
+            let _tunnel = (shared.tunnels.track(), shared.engine.lifecycle().track());
+            if send_reply(&mut client, consts::SOCKS5_REPLY_SUCCEEDED, UNSPECIFIED, limit).await {
+                interceptor.serve(admission, client).await;
+            }
+            return;
+        }
         Ok(mut admission) => admission.dial().await.map(|connected| (admission, connected)),
         Err(refusal) => Err(refusal),
     };

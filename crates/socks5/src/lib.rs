@@ -25,7 +25,11 @@
 //!   closed silently. After it, every failure gets a reply (0x01 malformed or truncated,
 //!   0x07 `BIND` and unknown commands, 0x08 unknown address types) and the connection closes.
 //! - **Limited mode** refuses `CONNECT` through the normal decision (`method_not_allowed`,
-//!   0x02) and `UDP ASSOCIATE` up front with the same reason; both are recorded. `BIND` and
+//!   0x02) and `UDP ASSOCIATE` up front with the same reason; both are recorded. A `CONNECT` to
+//!   port 443 is the exception when the HTTP listener can intercept (`mitm`): it is answered
+//!   success (BND.ADDR all zeros, since nothing is dialled yet) and served like an intercepted
+//!   HTTPS `CONNECT`, every request inside decided on its own. The same holds in every mode for
+//!   hosts with request rules. `BIND` and
 //!   unknown commands are not commands proxyd carries out in any mode: 0x07.
 //! - **UDP**: the relay binds to the IP the client reached the listener on; only the TCP
 //!   peer's IP may send, from the port named in the request or, when that is 0, from the port
@@ -45,7 +49,7 @@ use std::time::Duration;
 pub use server::Socks5Proxy;
 
 /// Listener settings (SPEC §2.2).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Settings {
     /// Bounds the greeting and the request, and each reply write.
     pub handshake_timeout: Duration,
@@ -54,4 +58,7 @@ pub struct Settings {
     pub max_connections: usize,
     /// Whether `UDP ASSOCIATE` is served (`enable_socks5_udp`); off, it is answered 0x07.
     pub enable_udp: bool,
+    /// The HTTP listener's interception: a `CONNECT` to port 443 is intercepted like an HTTPS
+    /// `CONNECT` (limited mode, hosts with rules). `None` refuses those as opaque tunnels.
+    pub interceptor: Option<std::sync::Arc<dyn proxyd_net::Interceptor>>,
 }

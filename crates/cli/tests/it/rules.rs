@@ -124,3 +124,54 @@ async fn rules_allow_and_deny_by_method_path_and_header_over_http_and_https() ->
     ensure!(!stderr.contains("real-secret"), "the secret reached a log: {stderr}");
     Ok(())
 }
+
+/// Issue 12: in limited mode with `mitm`, a SOCKS5 `CONNECT` to port 443 is intercepted like
+/// an HTTPS `CONNECT`: the TLS handshake is with proxyd's CA, a read is decided and forwarded
+/// (nothing listens on port 443 here, so it fails upstream), and a write is refused by the
+/// method policy. Other SOCKS5 commands stay refused in limited mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socks5_connect_to_443_is_intercepted_in_limited_mode() -> anyhow::Result<()> {
+    use crate::admin_support::start_lib;
+    let dir = temp_dir("proxyd-socks-mitm")?;
+    let toml = crate::support::network(&format!(
+        "allowed_domains = [\"secure.test\"]\nallow_local_binding = true\nmode = \"limited\"\n\
+         mitm = true\nca_dir = {:?}",
+        dir.join("ca").display().to_string()
+    ))
+    .replace("enable_socks5 = false", "enable_socks5 = true");
+    let config = proxyd::Config::from_toml_str(&toml, "lib.toml")
+        .map_err(|e| anyhow::anyhow!("invalid test config:\n{e}"))?;
+    let resolver = proxyd::StaticResolver::new()
+        .with("secure.test", [std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)]);
+    let handle = start_lib(
+        proxyd::NetworkProxy::builder().config(config).resolver(std::sync::Arc::new(resolver)),
+    )
+    .await?;
+    let ca = dir.join("proxyd-ca.pem");
+    write(&ca, &handle.get().ca_cert_pem().context("ca pem")?)?;
+    let socks = handle.get().socks_addr().context("socks address")?;
+    let run = |args: &[&str]| {
+        let mut command = Command::new(CURL);
+        command
+            .env_clear()
+            .args(["-q", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10"])
+            .arg("--socks5-hostname")
+            .arg(socks.to_string())
+            .arg("--cacert")
+            .arg(&ca)
+            .args(args);
+        command.output()
+    };
+    let post = run(&["-X", "POST", "--data", "x", "https://secure.test/upload"]).await?;
+    ensure!(String::from_utf8_lossy(&post.stdout) == "403", "{post:?}");
+    let get = run(&["https://secure.test/read"]).await?;
+    // Decided and forwarded: the failure is upstream's (nothing listens on 443).
+    ensure!(String::from_utf8_lossy(&get.stdout) == "502", "{get:?}");
+    // Not to 443: refused as an opaque tunnel, as before.
+    let other = run(&["https://secure.test:8443/"]).await?;
+    ensure!(
+        String::from_utf8_lossy(&other.stdout) == "000" && !other.status.success(),
+        "{other:?}"
+    );
+    Ok(())
+}

@@ -95,6 +95,7 @@ impl Setup {
                 idle_timeout: Duration::from_secs(30),
                 max_connections: 64,
                 enable_udp: true,
+                interceptor: None,
             },
         }
     }
