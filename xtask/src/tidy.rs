@@ -18,7 +18,7 @@ const NET: &str = "proxyd-net";
 const LIFECYCLE: &str = "proxyd-lifecycle";
 const CLI: &str = "proxyd";
 const TEST_SUPPORT: &str = "proxyd-test-support";
-const LISTENERS: &[&str] = &["proxyd-http-proxy", "proxyd-socks5", "proxyd-admin"];
+const LISTENERS: &[&str] = &["proxyd-http-proxy", "proxyd-socks5", "proxyd-admin", "proxyd-dns"];
 
 /// Crates that must not reach `proxyd-policy` through normal dependencies, however indirectly:
 /// policy is pure and sync (no runtime, sockets, protocol stacks or serde).
@@ -55,6 +55,7 @@ const LAYERS: &[(&str, May)] = &[
     ("proxyd-http-proxy", May::DependOn(&[POLICY, NET, LIFECYCLE])),
     ("proxyd-socks5", May::DependOn(&[POLICY, NET, LIFECYCLE])),
     ("proxyd-admin", May::DependOn(&[POLICY, LIFECYCLE])),
+    ("proxyd-dns", May::DependOn(&[POLICY, NET, LIFECYCLE])),
     (TEST_SUPPORT, May::DependOn(&[POLICY])),
     (CLI, May::DependOnAny),
     ("xtask", May::DependOn(&[])),

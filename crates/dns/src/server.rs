@@ -218,7 +218,7 @@ fn encode(reply: Message, udp: bool) -> Option<Vec<u8>> {
         return Some(bytes);
     }
     let mut truncated = Message::response(reply.metadata.id, reply.metadata.op_code);
-    truncated.metadata = reply.metadata.clone();
+    truncated.metadata = reply.metadata;
     truncated.metadata.truncation = true;
     for question in &reply.queries {
         truncated.add_query(Query::clone(question));
