@@ -249,6 +249,9 @@ async fn exec(config: Config, command: Vec<String>, ask: bool) -> anyhow::Result
     if ask {
         builder = builder.ask();
     }
+    if config.dns_addr.is_some() {
+        builder = builder.dns_addr(loopback);
+    }
     let proxy = builder
         .config(config)
         .broker(broker)
@@ -279,6 +282,11 @@ async fn exec(config: Config, command: Vec<String>, ask: bool) -> anyhow::Result
     });
     env.extend(bundle.as_deref().map(proxyd::exec::ca_env).unwrap_or_default());
     env.extend(credential_env);
+    // Tools that take a resolver address can use the DNS service; nothing else can be pointed
+    // at it without root (README "DNS service").
+    if let Some(dns) = handle.dns_addr() {
+        env.push(("PROXYD_DNS".to_owned(), dns.to_string()));
+    }
     let spawned = tokio::process::Command::new(&command[0])
         .args(&command[1..])
         .envs(env)

@@ -16,8 +16,10 @@
 //! - Answers carry a fixed TTL of [`ANSWER_TTL`] seconds (the cap: a reload applies within
 //!   it); over UDP an answer that does not fit in 512 bytes is truncated (TC) so the client
 //!   asks again over TCP.
-//! - At most [`MAX_IN_FLIGHT`] queries are answered at once; past that a query is refused at
-//!   once. Every refusal is a decision event (the blocked log, protocol `dns`).
+//! - At most [`MAX_IN_FLIGHT`] queries are answered at once, at most [`CLIENT_IN_FLIGHT`] of
+//!   them for one client IP; past that a query is refused at once, so one client cannot take
+//!   the service from the others. Every refusal is a decision event (the blocked log, protocol
+//!   `dns`).
 //!
 //! It must not resolve or dial by itself: it owns the DNS wire (hickory-proto) and the mapping
 //! of refusals to response codes. Its own UDP socket is the one `disallowed-methods`
@@ -25,4 +27,4 @@
 
 mod server;
 
-pub use server::{ANSWER_TTL, DnsServer, MAX_IN_FLIGHT, Settings};
+pub use server::{ANSWER_TTL, CLIENT_IN_FLIGHT, DnsServer, MAX_IN_FLIGHT, Settings};

@@ -18,6 +18,8 @@ use tokio::sync::Semaphore;
 pub const ANSWER_TTL: u32 = 30;
 /// Queries answered at once.
 pub const MAX_IN_FLIGHT: usize = 256;
+/// Queries one client IP may have in flight at once, so one client cannot take them all.
+pub const CLIENT_IN_FLIGHT: usize = 64;
 /// The classic UDP answer limit (RFC 1035 §4.2.1); EDNS is not offered.
 const MAX_UDP_ANSWER: usize = 512;
 
@@ -35,7 +37,27 @@ pub struct DnsServer {
     engine: Engine,
     settings: Settings,
     in_flight: Arc<Semaphore>,
+    per_client: Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>,
     connections: Connections,
+}
+
+/// One query's slot: global and per client; released on drop.
+struct Slot {
+    _global: tokio::sync::OwnedSemaphorePermit,
+    per_client: Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut counts = self.per_client.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
 }
 
 impl DnsServer {
@@ -44,6 +66,7 @@ impl DnsServer {
             engine,
             settings,
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            per_client: Arc::default(),
             connections: Connections::new(),
         }
     }
@@ -169,7 +192,7 @@ impl DnsServer {
             let _ = self.engine.refuse(attempt, Reason::UnsupportedQuery);
             return respond(ResponseCode::Refused, Vec::new());
         }
-        let Ok(_permit) = self.in_flight.clone().try_acquire_owned() else {
+        let Some(_slot) = self.slot(client.ip()) else {
             let _ = self.engine.refuse(attempt, Reason::Decider("dns_busy".into()));
             return respond(ResponseCode::Refused, Vec::new());
         };
@@ -189,6 +212,19 @@ impl DnsServer {
             Err(Refusal::Blocked { .. }) => respond(ResponseCode::Refused, Vec::new()),
             Err(Refusal::Failed { .. }) => respond(ResponseCode::ServFail, Vec::new()),
         }
+    }
+
+    /// A slot for one query from `ip`, unless the service or that client is at its bound.
+    fn slot(&self, ip: IpAddr) -> Option<Slot> {
+        let ip = ip.to_canonical();
+        let mut counts = self.per_client.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = counts.entry(ip).or_insert(0);
+        if *count >= CLIENT_IN_FLIGHT {
+            return None;
+        }
+        let global = self.in_flight.clone().try_acquire_owned().ok()?;
+        *count += 1;
+        Some(Slot { _global: global, per_client: self.per_client.clone(), ip })
     }
 
     /// The whole admission for a name: decide, resolve, check every answer (one event).

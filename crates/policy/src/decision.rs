@@ -133,8 +133,8 @@ pub struct Request<'a> {
     /// Only for `CONNECT`: proxyd terminates TLS on this tunnel and decides every request
     /// inside it again, on its own, as `https` (limited-mode interception, `mitm = true`). The
     /// tunnel is then not opaque, so limited mode lets the `CONNECT` itself through; its method
-    /// and side doors are still checked. Ignored for every other protocol: SOCKS5 tunnels are
-    /// never inspected.
+    /// and side doors are still checked. A SOCKS5 `CONNECT` the listener intercepts (port 443)
+    /// is inspected the same way; ignored for every other protocol (UDP is never inspected).
     pub inspected: bool,
     /// The request line and headers of an HTTP request (`http`, `https`), for the request
     /// rules of its host; `None` for tunnels and SOCKS5. A host with rules refuses requests

@@ -9,6 +9,7 @@ mod admin_support;
 mod admission;
 mod ask;
 mod curl;
+mod dns;
 mod exec;
 mod library;
 mod mitm;

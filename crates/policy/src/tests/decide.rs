@@ -225,8 +225,11 @@ fn inspected_connect() {
     check(HttpConnect, "CONNECT", "evil.example.com:443", Limited, true, false, "denied");
     check(HttpConnect, "CONNECT", "192.168.0.1:443", Limited, true, false, "not_allowed_local");
     check(HttpConnect, "CONNECT", "unknown.test:443", Limited, true, false, "consult");
-    // Only `CONNECT` can be inspected: SOCKS5 stays opaque, plain HTTP is unaffected.
-    check(Socks5, "", "example.com:443", Limited, true, false, "method_not_allowed");
+    // Plain HTTP is unaffected by the flag.
+    // A SOCKS5 CONNECT the listener intercepts (port 443, issue 12) is not opaque either;
+    // UDP never is inspected.
+    check(Socks5, "", "example.com:443", Limited, true, false, "allow");
+    check(Socks5, "", "example.com:443", Limited, true, true, "method_not_allowed");
     check(Socks5Udp, "", "example.com:443", Limited, true, false, "method_not_allowed");
     check(Https, "POST", "example.com:443", Limited, true, false, "method_not_allowed");
     check(Https, "GET", "example.com:443", Limited, true, false, "allow");
