@@ -7,6 +7,7 @@
 mod admin_api;
 mod admin_support;
 mod admission;
+mod codex_config;
 mod curl;
 mod exec;
 mod library;
