@@ -19,6 +19,10 @@ struct Cli {
     /// Override one key, e.g. `-c network.mode=limited`; repeatable, applied last.
     #[arg(short = 'c', value_name = "network.KEY=VALUE", global = true)]
     overrides: Vec<String>,
+    /// The Codex permission profile whose `[permissions.NAME.network]` is read, whatever
+    /// `default_permissions` says (not Codex's own `--profile`, which picks `[profiles.NAME]`).
+    #[arg(long, value_name = "NAME", global = true)]
+    profile: Option<String>,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
@@ -78,7 +82,10 @@ fn main() -> ExitCode {
     let quiet = matches!(cli.command, Some(Command::Exec { .. }));
     // Behind `exec`, proxyd's own log would drown the command's output: warnings only.
     init_tracing(cli.log_format, if quiet { "warn" } else { "info" });
-    let sources = Sources::standard(cli.configs.clone(), cli.overrides.clone());
+    let sources = Sources {
+        profile: cli.profile.clone(),
+        ..Sources::standard(cli.configs.clone(), cli.overrides.clone())
+    };
     let config = match Config::load(&sources) {
         Ok(config) => config,
         Err(errors) => {

@@ -14,6 +14,7 @@ use crate::listen::{self, Clamp};
 use crate::provenance::Origin;
 use crate::rules::{CredentialSpec, RuleSpec};
 use crate::sources::{self, Sources};
+use crate::tables::{self, Doc, Profile, SourceTables};
 
 /// A validated configuration: every value typed and checked, listener addresses clamped,
 /// pattern lists compiled.
@@ -75,8 +76,14 @@ pub struct Config {
     pub rules: Vec<RuleSpec>,
     /// `[[network.credentials]]`: tokens `proxyd exec` brokers (secrets read).
     pub credentials: Vec<CredentialSpec>,
-    /// What was adjusted rather than refused (listener clamping), for the caller to log.
+    /// What was adjusted rather than refused (listener clamping), and network-looking tables
+    /// and keys that were not applied, each naming its file and line, for the caller to log.
     pub warnings: Vec<String>,
+    /// The Codex permission profile selected (`--profile`, else the last
+    /// `default_permissions`), whether or not a network table backs it.
+    pub profile: Option<Profile>,
+    /// The network tables each file contributed, in the order they were applied.
+    pub tables: Vec<SourceTables>,
     /// The keys set by some source; the others are defaults.
     origins: BTreeMap<&'static str, Origin>,
     compiled: Compiled,
@@ -140,6 +147,8 @@ impl Default for Config {
             mitm: false,
             ca_dir: sources::default_ca_dir(|name| std::env::var_os(name)),
             warnings: Vec::new(),
+            profile: None,
+            tables: Vec::new(),
             origins: BTreeMap::new(),
             compiled: Compiled::default(),
             on_miss_ask: false,
@@ -156,29 +165,57 @@ static DEFAULT_ORIGIN: Origin = Origin::Default;
 impl Config {
     /// Loads and merges every source (SPEC §2.1), reporting every error found.
     pub fn load(sources: &Sources) -> Result<Config, ConfigErrors> {
-        let mut config = Config::default();
-        let mut errors = Vec::new();
         let optional = sources.system.iter().chain(&sources.user).map(|path| (path, false));
         let explicit = sources.files.iter().map(|path| (path, true));
-        for (path, required) in optional.chain(explicit) {
-            match sources::read(path, required) {
-                Ok(Some(text)) => sources::apply_document(&mut config, path, &text, &mut errors),
-                Ok(None) => {}
-                Err(err) => errors.push(err),
-            }
-        }
-        for arg in &sources.overrides {
-            sources::apply_override(&mut config, arg, &mut errors);
-        }
-        config.finish(errors)
+        let read: Vec<_> = optional
+            .chain(explicit)
+            .map(|(path, required)| (path.as_path(), sources::read(path, required)))
+            .collect();
+        Config::load_read(&read, sources.profile.as_deref(), &sources.overrides)
     }
 
     /// Loads one TOML document over the defaults, as if it were the only `--config` file;
     /// `origin` names it in errors and origins.
     pub fn from_toml_str(text: &str, origin: impl AsRef<Path>) -> Result<Config, ConfigErrors> {
+        Config::load_read(&[(origin.as_ref(), Ok(Some(text.to_owned())))], None, &[])
+    }
+
+    /// Merges the files as read (`None`: an optional file that does not exist), then the
+    /// overrides. Every file is parsed before any is applied: the permission profile a file's
+    /// `[permissions.NAME.network]` belongs to may be selected by a later file.
+    fn load_read(
+        read: &[(&Path, Result<Option<String>, ConfigError>)],
+        profile: Option<&str>,
+        overrides: &[String],
+    ) -> Result<Config, ConfigErrors> {
         let mut config = Config::default();
         let mut errors = Vec::new();
-        sources::apply_document(&mut config, origin.as_ref(), text, &mut errors);
+        let docs: Vec<_> = read
+            .iter()
+            .map(|(path, text)| match text {
+                Ok(Some(text)) => Ok(Some(Doc::parse(path, text))),
+                Ok(None) => Ok(None),
+                Err(err) => Err(err.clone()),
+            })
+            .collect();
+        let parsed: Vec<&Doc<'_>> = docs.iter().flat_map(|doc| doc.iter().flatten()).collect();
+        let mut warnings = Vec::new();
+        let mut selection_errors = Vec::new();
+        let selection = tables::select(&parsed, profile, &mut selection_errors, &mut warnings);
+        // In source order, so errors read file by file.
+        for doc in &docs {
+            match doc {
+                Ok(Some(doc)) => tables::apply(&mut config, doc, &selection, &mut errors),
+                Ok(None) => {}
+                Err(err) => errors.push(err.clone()),
+            }
+        }
+        errors.extend(selection_errors);
+        config.warnings.extend(warnings);
+        config.profile = selection.profile;
+        for arg in overrides {
+            sources::apply_override(&mut config, arg, &mut errors);
+        }
         config.finish(errors)
     }
 

@@ -15,6 +15,8 @@ pub enum Location {
     /// The merged configuration as a whole (a rule between keys whose values came from
     /// built-in defaults).
     Effective,
+    /// A command-line flag other than `-c` (`--profile`).
+    Flag(&'static str),
 }
 
 impl fmt::Display for Location {
@@ -24,6 +26,7 @@ impl fmt::Display for Location {
             Location::Line(path, line) => write!(f, "{}:{line}", path.display()),
             Location::Override => f.write_str("-c"),
             Location::Effective => f.write_str("config"),
+            Location::Flag(flag) => f.write_str(flag),
         }
     }
 }
@@ -58,6 +61,13 @@ pub enum ErrorKind {
     /// A value of the right type that is refused; `key` is the name inside `[network]`.
     #[error("network.{key}: {reason}")]
     Invalid { key: &'static str, reason: String },
+    /// A value refused in one of Codex's tables, named as written there: `table` is dotted
+    /// (`permissions.workspace.network`), `key` is the key inside it (`domains`).
+    #[error("{table}.{key}: {reason}")]
+    InTable { table: String, key: String, reason: String },
+    /// `--profile NAME` names a permission profile no source defines.
+    #[error("{0}")]
+    Profile(String),
 }
 
 impl ConfigError {

@@ -99,8 +99,17 @@ pub(crate) fn apply(
 
 /// The known key nearest to `unknown` by edit distance, if it is near enough to be a typo.
 pub(crate) fn suggest(unknown: &str) -> Option<&'static str> {
-    KEYS.iter()
-        .map(|(known, _)| (levenshtein(unknown, known), *known))
+    nearest(unknown, KEYS.iter().map(|(known, _)| *known))
+}
+
+/// The entry of `known` nearest to `unknown` by edit distance, if it is near enough to be a
+/// typo.
+pub(crate) fn nearest(
+    unknown: &str,
+    known: impl Iterator<Item = &'static str>,
+) -> Option<&'static str> {
+    known
+        .map(|known| (levenshtein(unknown, known), known))
         .filter(|(distance, known)| *distance <= (known.len() / 3).max(2))
         .min_by_key(|(distance, _)| *distance)
         .map(|(_, known)| known)

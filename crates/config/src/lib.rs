@@ -4,6 +4,8 @@
 //! This crate owns:
 //! - [`Sources`]: which files and `-c` overrides make up one load, and their precedence;
 //! - the `[network]` keys, their defaults and their checks (`keys.rs`, `listen.rs`);
+//! - Codex's own network tables (`[features.network_proxy]`, the selected
+//!   `[permissions.NAME.network]`) and the warnings for those it does not read (`tables.rs`);
 //! - [`Config`]: the validated result, with listener addresses clamped to loopback unless a
 //!   `dangerously_*` flag allows otherwise, and the compiled [`proxyd_policy::Policy`];
 //! - [`ConfigErrors`]: every problem of one load, each naming its file and line;
@@ -21,6 +23,7 @@ mod listen;
 mod provenance;
 mod rules;
 mod sources;
+mod tables;
 
 pub use config::{AdminToken, Config};
 pub use error::{ConfigError, ConfigErrors, ErrorKind, Location};
@@ -29,3 +32,4 @@ pub use rules::{
     CredentialSpec, HeaderSpec, InjectSpec, QuerySpec, RuleAction, RuleSpec, Secret, SecretSource,
 };
 pub use sources::{SYSTEM_CONFIG, Sources};
+pub use tables::{Profile, ProfileChoice, SourceTables, TableUse};

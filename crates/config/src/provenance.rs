@@ -13,8 +13,10 @@ use crate::error::Location;
 pub enum Origin {
     /// Built into proxyd.
     Default,
-    /// A config file, at the 1-based line where the key is written.
-    File { path: PathBuf, line: usize },
+    /// A config file, at the 1-based line where the key is written. `table` names the Codex
+    /// table the key was read from (`permissions.workspace.network`), or is `None` for proxyd's
+    /// own `[network]`: the same key can come from several tables of one file.
+    File { path: PathBuf, line: usize, table: Option<String> },
     /// A `-c network.KEY=VALUE` override.
     Override,
 }
@@ -23,7 +25,7 @@ impl Origin {
     pub(crate) fn location(&self) -> Location {
         match self {
             Origin::Default => Location::Effective,
-            Origin::File { path, line } => Location::Line(path.clone(), *line),
+            Origin::File { path, line, .. } => Location::Line(path.clone(), *line),
             Origin::Override => Location::Override,
         }
     }
@@ -33,7 +35,10 @@ impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Origin::Default => f.write_str("default"),
-            Origin::File { path, line } => write!(f, "from {}:{line}", path.display()),
+            Origin::File { path, line, table: None } => write!(f, "from {}:{line}", path.display()),
+            Origin::File { path, line, table: Some(table) } => {
+                write!(f, "from {}:{line} in [{table}]", path.display())
+            }
             Origin::Override => f.write_str("from -c"),
         }
     }
@@ -183,9 +188,31 @@ impl Config {
 
     /// The effective config as a `[network]` TOML table with a comment per key naming its
     /// origin, e.g. `mode = "limited"  # from -c`. Unset optional keys and the redacted token
-    /// are written as comments, so the text stays valid TOML. Warnings follow as comments.
+    /// are written as comments, so the text stays valid TOML. A comment per file comes first,
+    /// naming the tables it contributed (and what selected the permission profile); warnings
+    /// follow as comments.
     pub fn render(&self) -> String {
-        let mut out = String::from("[network]\n");
+        let mut out = String::new();
+        for source in &self.tables {
+            let tables: Vec<String> = source
+                .tables
+                .iter()
+                .map(|used| {
+                    let profile = self.profile.as_ref().filter(|p| {
+                        used.table == crate::tables::dotted(&["permissions", &p.name, "network"])
+                    });
+                    match profile {
+                        Some(p) => format!(
+                            "[{}] line {} (profile from {})",
+                            used.table, used.line, p.chosen_by
+                        ),
+                        None => format!("[{}] line {}", used.table, used.line),
+                    }
+                })
+                .collect();
+            out.push_str(&format!("# {}: {}\n", source.path.display(), tables.join(", ")));
+        }
+        out.push_str("[network]\n");
         for Setting { key, value, origin } in self.settings() {
             let line = match value {
                 Value::Redacted | Value::Unset => format!("# {key} = {value}  # {origin}\n"),

@@ -6,15 +6,16 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use toml::Spanned;
-use toml::de::{DeTable, DeValue};
+use toml::de::DeValue;
 
 use crate::config::Config;
-use crate::error::{self, ConfigError, ErrorKind, Location};
+use crate::error::{ConfigError, ErrorKind, Location};
 use crate::keys;
 use crate::provenance::Origin;
 
 /// The sources of one load, lowest precedence first: built-in defaults (always), `system`,
-/// `user`, each of `files` in order, then each of `overrides` in order.
+/// `user`, each of `files` in order, then each of `overrides` in order; `profile` chooses
+/// which Codex permission profile the files' `[permissions.NAME.network]` tables come from.
 ///
 /// `system` and `user` are read when they exist and skipped silently when they do not; a
 /// missing entry of `files` is an error. Build it by hand in tests and embeddings, or with
@@ -27,6 +28,9 @@ pub struct Sources {
     pub files: Vec<PathBuf>,
     /// `-c network.KEY=VALUE` arguments, without the `-c`.
     pub overrides: Vec<String>,
+    /// `--profile NAME`: the Codex permission profile whose `[permissions.NAME.network]` is
+    /// read, whatever `default_permissions` says. `None`: the last `default_permissions`.
+    pub profile: Option<String>,
 }
 
 /// Codex's system-wide config file.
@@ -53,6 +57,7 @@ impl Sources {
             user: codex_home.map(|home| home.join("config.toml")),
             files,
             overrides,
+            profile: None,
         }
     }
 }
@@ -70,28 +75,35 @@ pub(crate) fn default_ca_dir(env: impl Fn(&str) -> Option<OsString>) -> Option<P
 
 /// The source a value is being read from, to turn spans into origins and locations.
 pub(crate) enum Src<'a> {
-    File { path: &'a Path, text: &'a str },
+    /// `table` is the dotted name of the Codex table being read, `None` for `[network]`.
+    File {
+        path: &'a Path,
+        text: &'a str,
+        table: Option<&'a str>,
+    },
     Override,
 }
 
 impl Src<'_> {
-    fn line(text: &str, offset: usize) -> usize {
+    pub(crate) fn line(text: &str, offset: usize) -> usize {
         let offset = offset.min(text.len());
         text.as_bytes()[..offset].iter().filter(|&&b| b == b'\n').count() + 1
     }
 
     pub(crate) fn origin(&self, span: Range<usize>) -> Origin {
         match self {
-            Src::File { path, text } => {
-                Origin::File { path: path.to_path_buf(), line: Self::line(text, span.start) }
-            }
+            Src::File { path, text, table } => Origin::File {
+                path: path.to_path_buf(),
+                line: Self::line(text, span.start),
+                table: table.map(str::to_owned),
+            },
             Src::Override => Origin::Override,
         }
     }
 
     pub(crate) fn location(&self, span: Range<usize>) -> Location {
         match self {
-            Src::File { path, text } => {
+            Src::File { path, text, .. } => {
                 Location::Line(path.to_path_buf(), Self::line(text, span.start))
             }
             Src::Override => Location::Override,
@@ -122,47 +134,6 @@ pub(crate) fn read(path: &Path, required: bool) -> Result<Option<String>, Config
     }
 }
 
-/// Applies the `[network]` table of one TOML document; every other top-level table belongs to
-/// other tools sharing the file and is ignored.
-pub(crate) fn apply_document(
-    config: &mut Config,
-    path: &Path,
-    text: &str,
-    errors: &mut Vec<ConfigError>,
-) {
-    let src = Src::File { path, text };
-    let first = errors.len();
-    let (document, syntax) = DeTable::parse_recoverable(text);
-    if !syntax.is_empty() {
-        // What was recovered from a broken document is a guess: report the syntax errors
-        // and nothing else about this file.
-        for err in syntax {
-            let location = src.location(err.span().unwrap_or(0..0));
-            let message = err.message().trim_end().to_owned();
-            errors.push(ConfigError::new(location, ErrorKind::Syntax(message)));
-        }
-        return;
-    }
-    if let Some((key, network)) = document.get_ref().get_key_value("network") {
-        match network.get_ref() {
-            DeValue::Table(table) => {
-                for (key, value) in table.iter() {
-                    keys::apply(config, key, value, &src, errors);
-                }
-            }
-            other => {
-                let kind = ErrorKind::WrongType {
-                    key: "network".into(),
-                    expected: "a table",
-                    found: other.type_str(),
-                };
-                errors.push(ConfigError::new(src.location(key.span()), kind));
-            }
-        }
-    }
-    error::sort_by_line(&mut errors[first..]);
-}
-
 /// Applies one `-c network.KEY=VALUE` override. `VALUE` is parsed as a TOML value and, when it
 /// is not one, taken as a plain string (`-c network.mode=limited`).
 pub(crate) fn apply_override(config: &mut Config, arg: &str, errors: &mut Vec<ConfigError>) {
@@ -175,7 +146,11 @@ pub(crate) fn apply_override(config: &mut Config, arg: &str, errors: &mut Vec<Co
         return;
     };
     let Some(key) = key.trim().strip_prefix("network.") else {
-        errors.push(fail(key, "only keys of the [network] table can be set, as network.KEY"));
+        let reason = match key.trim() {
+            "default_permissions" => "choose the permission profile with --profile NAME",
+            _ => "only keys of the [network] table can be set, as network.KEY",
+        };
+        errors.push(fail(key, reason));
         return;
     };
     let value = value.trim();

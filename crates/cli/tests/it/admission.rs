@@ -515,8 +515,7 @@ async fn udp_datagrams_to_a_destination_a_reload_removed_are_dropped() -> anyhow
     let dir = temp_dir("proxyd-admission-udp")?;
     let file = dir.join("config.toml");
     write(&file, &udp_toml("\"127.0.0.1\""))?;
-    let sources =
-        Sources { system: None, user: None, files: vec![file.clone()], overrides: vec![] };
+    let sources = Sources { files: vec![file.clone()], ..Sources::default() };
     let handle = start_lib(NetworkProxy::builder().sources(sources)).await?;
     let socks = handle.get().socks_addr().context("socks5 is enabled")?;
     let udp = Udp::open(socks).await?;

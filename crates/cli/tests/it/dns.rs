@@ -39,8 +39,7 @@ async fn the_dns_service_follows_reloads() -> anyhow::Result<()> {
         network(&format!("allowed_domains = [\"{allowed}\"]\ndns_url = \"127.0.0.1:0\""))
     };
     write(&file, &config("first.test"))?;
-    let sources =
-        Sources { system: None, user: None, files: vec![file.clone()], overrides: vec![] };
+    let sources = Sources { files: vec![file.clone()], ..Sources::default() };
     let resolver = Arc::new(proxyd::SystemResolver::with_nameservers(&[upstream.addr()]));
     let handle = start_lib(NetworkProxy::builder().sources(sources).resolver(resolver)).await?;
     let dns = handle.get().dns_addr().context("the dns service runs")?;

@@ -406,8 +406,7 @@ async fn reload_rereads_the_sources_and_keeps_the_old_config_on_errors() -> anyh
     let dir = temp_dir("proxyd-lib-reload")?;
     let file = dir.join("config.toml");
     write(&file, &network("allowed_domains = [\"first.localhost\"]"))?;
-    let sources =
-        Sources { system: None, user: None, files: vec![file.clone()], overrides: vec![] };
+    let sources = Sources { files: vec![file.clone()], ..Sources::default() };
     let mut handle = start_lib(NetworkProxy::builder().sources(sources)).await?;
     let (http, admin) = (handle.http(), handle.admin());
     let fetch = |host: &'static str| {

@@ -52,8 +52,7 @@ fn reload_toml(allowed: &str) -> String {
 async fn reloadable(dir: &std::path::Path) -> anyhow::Result<(Handle, std::path::PathBuf)> {
     let file = dir.join("config.toml");
     write(&file, &reload_toml("\"allowed.test\""))?;
-    let sources =
-        Sources { system: None, user: None, files: vec![file.clone()], overrides: vec![] };
+    let sources = Sources { files: vec![file.clone()], ..Sources::default() };
     let resolver = StaticResolver::new().with("allowed.test", [LOOPBACK]);
     let handle =
         start_lib(NetworkProxy::builder().sources(sources).resolver(Arc::new(resolver))).await?;
@@ -287,8 +286,7 @@ async fn a_request_decided_before_a_reload_denies_its_host_is_not_sent_after_it(
         ))
     };
     write(&file, &toml(""))?;
-    let sources =
-        Sources { system: None, user: None, files: vec![file.clone()], overrides: vec![] };
+    let sources = Sources { files: vec![file.clone()], ..Sources::default() };
     let handle =
         start_lib(NetworkProxy::builder().sources(sources).resolver(resolver.clone())).await?;
     let port = origin.addr().port();
@@ -351,8 +349,7 @@ async fn one_datagram_across_a_reload_is_recorded_once() -> anyhow::Result<()> {
         .replace("enable_socks5 = false", "enable_socks5 = true")
     };
     write(&file, &toml(""))?;
-    let sources =
-        Sources { system: None, user: None, files: vec![file.clone()], overrides: vec![] };
+    let sources = Sources { files: vec![file.clone()], ..Sources::default() };
     let handle =
         start_lib(NetworkProxy::builder().sources(sources).resolver(resolver.clone())).await?;
     let socks = handle.get().socks_addr().context("socks5 is enabled")?;

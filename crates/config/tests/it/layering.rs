@@ -8,7 +8,7 @@ use proxyd_policy::Mode;
 use crate::support::{TempDir, sources, value};
 
 fn file_origin(path: &std::path::Path, line: usize) -> Origin {
-    Origin::File { path: path.to_owned(), line }
+    Origin::File { path: path.to_owned(), line, table: None }
 }
 
 #[test]
@@ -28,6 +28,7 @@ fn later_sources_override_earlier_ones_key_by_key() {
         user: Some(user.clone()),
         files: vec![first.clone(), second.clone()],
         overrides: vec!["network.idle_timeout=\"9s\"".into(), "network.idle_timeout=7s".into()],
+        profile: None,
     };
     let config = Config::load(&sources).unwrap();
     assert_eq!(config.mode, Mode::Limited);
@@ -105,6 +106,7 @@ fn a_missing_explicit_file_is_an_error_but_missing_system_and_user_files_are_not
         user: Some(dir.path().join("no-user.toml")),
         files: vec![],
         overrides: vec![],
+        profile: None,
     };
     assert_eq!(Config::load(&sources).unwrap(), Config::default());
 

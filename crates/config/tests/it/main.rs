@@ -1,5 +1,6 @@
 //! Loading real files: every key, layering, error reporting, listeners and provenance.
 
+mod codex;
 mod errors;
 mod keys;
 mod layering;

@@ -12,7 +12,8 @@ fn render_names_each_keys_origin() {
         Config::load(&sources(&[&file], &["network.mode=limited", "network.admin_token=t"]))
             .unwrap();
     let text = config.render();
-    assert!(text.starts_with("[network]\nenabled = true  # default\n"), "{text}");
+    let header = format!("# {}: [network] line 3\n", file.display());
+    assert!(text.starts_with(&format!("{header}[network]\nenabled = true  # default\n")), "{text}");
     assert!(text.contains("mode = \"limited\"  # from -c\n"), "{text}");
     assert!(
         text.contains(&format!("allowed_domains = [\"a.com\"]  # from {}:4\n", file.display())),
@@ -23,7 +24,7 @@ fn render_names_each_keys_origin() {
     assert!(text.contains("# admin_token = (redacted)  # from -c\n"), "{text}");
     assert!(text.contains("# admin_token_file = (not set)  # default\n"), "{text}");
     assert!(text.contains("mitm = false  # default\n"), "{text}");
-    assert_eq!(text.lines().count(), 34, "{text}");
+    assert_eq!(text.lines().count(), 35, "{text}");
 }
 
 #[test]

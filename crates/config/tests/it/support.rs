@@ -72,5 +72,6 @@ pub(crate) fn sources(files: &[&Path], overrides: &[&str]) -> Sources {
         user: None,
         files: files.iter().map(|p| p.to_path_buf()).collect(),
         overrides: overrides.iter().map(|s| s.to_string()).collect(),
+        profile: None,
     }
 }
