@@ -70,6 +70,7 @@ pub(crate) struct Builder {
     max_connections: usize,
     decider: Option<Arc<dyn Decider>>,
     mitm: bool,
+    broker: Option<Arc<proxyd_http_proxy::Broker>>,
 }
 
 /// The defaults: allowlist [`ALLOWED`], denylist `evil.test`, local binding allowed, full
@@ -95,6 +96,7 @@ pub(crate) fn proxy() -> Builder {
         max_connections: 256,
         decider: None,
         mitm: false,
+        broker: None,
     }
 }
 
@@ -172,6 +174,12 @@ impl Builder {
         self
     }
 
+    /// Brokered credentials, as `proxyd exec` sets them up.
+    pub(crate) fn broker(mut self, broker: proxyd_http_proxy::Broker) -> Builder {
+        self.broker = Some(Arc::new(broker));
+        self
+    }
+
     pub(crate) fn unix_socket(mut self, path: PathBuf) -> Builder {
         self.unix_sockets.push(path);
         self
@@ -228,7 +236,7 @@ impl Builder {
             tls: Arc::new(tls),
             upstream,
             mitm: ca.clone(),
-            broker: None,
+            broker: self.broker,
         };
         let server = HttpProxy::new(engine.clone(), settings);
         let serve = tokio::spawn(async move { server.serve(listener).await });

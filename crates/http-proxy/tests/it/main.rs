@@ -12,6 +12,7 @@ mod forward;
 mod lifecycle;
 mod limited;
 mod mitm;
+mod review2;
 mod rules;
 mod tls;
 #[cfg(unix)]
