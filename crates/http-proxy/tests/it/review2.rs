@@ -9,7 +9,7 @@ use proxyd_test_support::{HttpOrigin, UnixOrigin, temp_dir};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::harness::{TIMEOUT, get, proxy, request};
+use crate::harness::{get, proxy, request};
 
 const PLACEHOLDER: &str = "ghp_PLACEHOLDER0000000000000000000000";
 const REAL: &str = "ghp_RealSecretToken11111111111111111111";
@@ -243,12 +243,37 @@ async fn an_upgrade_to_a_host_with_rules_does_not_open_a_raw_pipe() -> anyhow::R
     while let Ok(Some(line)) = tokio::time::timeout(Duration::from_millis(500), seen.recv()).await {
         lines.push(line);
     }
-    let _ = TIMEOUT;
     assert!(
         !lines.iter().any(|l| l.contains("/admin")),
         "a request no rule allows reached the origin through an upgraded connection \
          (status {}): origin saw {lines:?}",
         head.status
+    );
+    Ok(())
+}
+
+/// README example 3 injects a registry token with a request rule. Brokered credentials go out
+/// only over TLS unless `dangerously_allow_plain_http`; a rule's injected secret has no such
+/// guard: a plain `http://` request to the ruled host (any port, since the host pattern has
+/// none) gets the real secret added and sent in clear text.
+#[tokio::test]
+async fn a_rule_injected_secret_is_not_sent_over_plain_http() -> anyhow::Result<()> {
+    let origin = HttpOrigin::start().await?;
+    let port = origin.addr().port();
+    let mut inject = rule("registry-token", "localhost", None, &[], RuleAction::Allow);
+    inject.strip_headers = vec!["authorization".into()];
+    inject.inject = Some(proxyd_policy::Injection { header: "authorization".into(), secret: 0 });
+    let proxy = proxy()
+        .allow(&["localhost"])
+        .rules(vec![inject], &["Bearer registry-secret-value"])
+        .start()
+        .await?;
+    let _ = proxy.send(get(&format!("http://localhost:{port}/v2/"))).await?;
+    let seen = origin.requests();
+    assert!(
+        seen.iter().all(|r| r.header("authorization") != Some("Bearer registry-secret-value")),
+        "the injected secret went out over plain http: {:?}",
+        seen.iter().map(|r| r.header("authorization")).collect::<Vec<_>>()
     );
     Ok(())
 }
