@@ -191,11 +191,14 @@ async fn decide(
     };
     let (mut outgoing, client_upgrade) =
         rewrite_request(req, body, &url, upgrade, proxy_authorization, sender.version(), &lease);
+    // Secrets leave only over TLS to the request's own host: not over plain HTTP, and not to
+    // a Unix socket (its route ignores the URL's host and speaks plain HTTP).
+    let tls_to_host = url.scheme == Scheme::Https && protocol != Protocol::UnixSocket;
     if let Some(edits) = &rule_edits {
-        apply_rule_edits(edits, outgoing.headers_mut());
+        apply_rule_edits(edits, tls_to_host, outgoing.headers_mut());
     }
     if let Some(broker) = &shared.settings.broker {
-        let used = broker.apply(&url.target, url.scheme == Scheme::Https, outgoing.headers_mut());
+        let used = broker.apply(&url.target, tls_to_host, outgoing.headers_mut());
         if !used.is_empty() {
             tracing::debug!(credentials = ?used, "brokered credentials swapped in");
         }
@@ -253,10 +256,14 @@ fn http_facts(url: &AbsoluteUrl, headers: &http::HeaderMap) -> HttpFacts {
 }
 
 /// The allowing rule's edits: its headers stripped, its credential injected (marked sensitive
-/// so hyper never logs it).
-fn apply_rule_edits(edits: &RuleEdits, headers: &mut http::HeaderMap) {
+/// so hyper never logs it), over TLS only: a secret never goes out in clear text.
+fn apply_rule_edits(edits: &RuleEdits, tls: bool, headers: &mut http::HeaderMap) {
     for name in &edits.strip {
         headers.remove(name.as_str());
+    }
+    if edits.inject.is_some() && !tls {
+        tracing::warn!(rule = %edits.rule, "not injecting a secret into a request that is not sent over tls");
+        return;
     }
     if let Some((name, value)) = &edits.inject
         && let (Ok(name), Ok(mut value)) =

@@ -370,6 +370,16 @@ impl Policy {
             return None;
         }
         match (request.protocol, request.http) {
+            // An upgraded stream is not HTTP the rules can read (`h2c` would carry any request
+            // past them), and a method-override header would make a read rule pass a write.
+            (Protocol::Http | Protocol::Https, _) if request.side_doors.upgrade => {
+                Some(Reason::RuleDenied("upgrades cannot be decided by request rules".into()))
+            }
+            (Protocol::Http | Protocol::Https, _) if request.side_doors.method_override => {
+                Some(Reason::RuleDenied(
+                    "method-override headers are refused on hosts with rules".into(),
+                ))
+            }
             (Protocol::Http | Protocol::Https, Some(facts)) => match self.rules.evaluate(facts) {
                 RuleVerdict::NoRules | RuleVerdict::Allowed { .. } => None,
                 RuleVerdict::Denied { reason, .. } => Some(reason),

@@ -51,6 +51,14 @@ pub enum PathError {
     NonAscii,
     #[error("query or fragment in a path")]
     QueryOrFragment,
+    /// Servers disagree on `;` parameters (Tomcat, Jetty and Spring drop them, most others
+    /// keep them), so `/admin;x` could be `/admin` to the origin and something else to a rule.
+    #[error("path parameter (`;`) in a path")]
+    Parameters,
+    /// `%25` followed by hex digits: a server that decodes twice would see another character
+    /// (`%252e` as `.`) than the rules did.
+    #[error("double percent-encoding (`%25` then hex digits) in a path")]
+    DoubleEncoded,
 }
 
 /// Normalises the path of a request target (without its query) for matching.
@@ -106,6 +114,7 @@ pub fn normalize_path(raw: &str) -> Result<String, PathError> {
                 continue;
             }
             b'\\' => return Err(PathError::Backslash),
+            b';' => return Err(PathError::Parameters),
             b'?' | b'#' => return Err(PathError::QueryOrFragment),
             b' ' => return Err(PathError::Whitespace),
             b if b.is_ascii_control() => return Err(PathError::ControlByte),
@@ -121,6 +130,15 @@ pub fn normalize_path(raw: &str) -> Result<String, PathError> {
 
 /// The segment rules of [`normalize_path`], on a path whose escapes are already normalised.
 fn check_segments(path: &str) -> Result<(), PathError> {
+    // In the normal form, an encoded `%` followed by two hex digits is what a server that
+    // decodes twice reads as another character (`%252e`, or `%25%32%65` once decoded).
+    let bytes = path.as_bytes();
+    if bytes
+        .windows(5)
+        .any(|w| w.starts_with(b"%25") && w[3].is_ascii_hexdigit() && w[4].is_ascii_hexdigit())
+    {
+        return Err(PathError::DoubleEncoded);
+    }
     let mut segments = path[1..].split('/').peekable();
     while let Some(segment) = segments.next() {
         let base = segment.split(';').next().unwrap_or(segment);
