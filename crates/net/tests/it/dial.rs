@@ -196,9 +196,18 @@ async fn proxyds_own_listeners_are_self_connections() -> anyhow::Result<()> {
 async fn a_refused_first_address_falls_through_to_the_next() -> anyhow::Result<()> {
     // All of 127.0.0.0/8 is loopback on Linux: the listener takes a port on 127.0.0.2 and the
     // same port on 127.0.0.1 refuses.
-    let upstream = listener("127.0.0.2".parse()?).await?;
+    // The kernel's port for 127.0.0.2 may be taken on 127.0.0.1 by another test: try again.
+    let mut attempt = 0;
+    let (upstream, _closed) = loop {
+        let upstream = listener("127.0.0.2".parse()?).await?;
+        let port = upstream.local_addr()?.port();
+        match refusing(SocketAddr::new(V4, port)) {
+            Ok(closed) => break (upstream, closed),
+            Err(err) if err.kind() == std::io::ErrorKind::AddrInUse && attempt < 20 => attempt += 1,
+            Err(err) => return Err(err.into()),
+        }
+    };
     let addr = upstream.local_addr()?;
-    let _closed = refusing(SocketAddr::new(V4, addr.port()))?;
     let resolver = Arc::new(StaticResolver::new().with("x.test", [V4, addr.ip()]));
     let connected =
         bounded(dial(&dialer(&resolver), &policy(&["x.test"], true), &name("x.test", addr.port())))
