@@ -34,14 +34,14 @@ enabled = true
 proxy_url = "http://127.0.0.1:0"
 
 [permissions.workspace.network.domains]
-"api.openai.com" = "allow"
+"api.model.example" = "allow"
 "evil.example" = "deny"
 
 [permissions.ci.network]
 enabled = true
 mode = "limited"
 proxy_url = "http://127.0.0.1:0"
-domains = { "registry.npmjs.org" = "allow" }
+domains = { "registry.npm.example" = "allow" }
 "#;
 
 fn has_line(run: &Run, line: &str) -> bool {
@@ -57,7 +57,7 @@ async fn check_names_the_profile_table_chosen_by_default_permissions() -> anyhow
     let header =
         format!("# {path}: {table} line 23 (profile from default_permissions at {path}:4)");
     ensure!(has_line(&run, &header), "missing {header:?}: {run:?}");
-    let allowed = format!(r#"allowed_domains = ["api.openai.com"]  # from {path}:27 in {table}"#);
+    let allowed = format!(r#"allowed_domains = ["api.model.example"]  # from {path}:27 in {table}"#);
     let denied = format!(r#"denied_domains = ["evil.example"]  # from {path}:27 in {table}"#);
     ensure!(has_line(&run, &allowed), "missing {allowed:?}: {run:?}");
     ensure!(has_line(&run, &denied), "missing {denied:?}: {run:?}");
@@ -82,7 +82,7 @@ async fn check_with_profile_reads_that_profile() -> anyhow::Result<()> {
     let mode = format!(r#"mode = "limited"  # from {path}:33 in {table}"#);
     ensure!(has_line(&run, &mode), "missing {mode:?}: {run:?}");
     let allowed =
-        format!(r#"allowed_domains = ["registry.npmjs.org"]  # from {path}:35 in {table}"#);
+        format!(r#"allowed_domains = ["registry.npm.example"]  # from {path}:35 in {table}"#);
     ensure!(has_line(&run, &allowed), "missing {allowed:?}: {run:?}");
     let warning = format!("{path}:23: [permissions.workspace.network] is not applied");
     ensure!(run.stderr.contains(&warning), "missing {warning:?}: {run:?}");

@@ -46,8 +46,8 @@ allow_local_binding = false
 dangerously_allow_all_unix_sockets = false
 
 [permissions.workspace.network.domains]
-"api.openai.com" = "allow"
-"*.github.com" = "allow"
+"api.model.example" = "allow"
+"*.git.example.org" = "allow"
 "evil.example" = "deny"
 
 [permissions.workspace.network.unix_sockets]
@@ -68,7 +68,7 @@ web_search_request = true
 [features.network_proxy]
 enabled = true
 mode = "full"
-allowed_domains = ["pypi.org", "files.pythonhosted.org"]
+allowed_domains = ["pypi.example", "files.pypi.example"]
 denied_domains = ["metadata.google.internal"]
 allow_local_binding = true
 
@@ -83,12 +83,12 @@ default_permissions = "workspace"
 
 [permissions.workspace.network]
 enabled = true
-domains = { "api.openai.com" = "allow" }
+domains = { "api.model.example" = "allow" }
 
 [permissions.ci.network]
 enabled = true
 mode = "limited"
-domains = { "registry.npmjs.org" = "allow", "*.npmjs.org" = "allow" }
+domains = { "registry.npm.example" = "allow", "*.npm.example" = "allow" }
 "#;
 
 /// The 1-based line of the first line of `text` equal to `needle` (trimmed).
@@ -138,7 +138,7 @@ fn a_profile_selected_by_default_permissions_is_read() {
         })
     );
     assert_eq!(config.mode, Mode::Limited);
-    assert_eq!(config.allowed_domains(), ["*.github.com", "api.openai.com"]);
+    assert_eq!(config.allowed_domains(), ["*.git.example.org", "api.model.example"]);
     assert_eq!(config.denied_domains(), ["evil.example"]);
     assert!(config.allow_unix_sockets.is_empty(), "\"none\" allows nothing");
     assert!(config.enabled && !config.allow_local_binding);
@@ -177,7 +177,7 @@ fn an_older_features_table_is_read_with_either_spelling() {
     let config = load(&[&path], None);
     assert_eq!(config.profile, None);
     assert_eq!(config.mode, Mode::Full);
-    assert_eq!(config.allowed_domains(), ["pypi.org", "files.pythonhosted.org"]);
+    assert_eq!(config.allowed_domains(), ["pypi.example", "files.pypi.example"]);
     assert_eq!(config.denied_domains(), ["metadata.google.internal"]);
     assert!(config.allow_local_binding);
     let line = line_of(FEATURES_CONFIG, "allow_local_binding = true");
@@ -190,11 +190,11 @@ fn an_older_features_table_is_read_with_either_spelling() {
     )));
 
     // The map spelling, inline, in the same table; and the feature's plain on/off switch.
-    let maps = "[features.network_proxy]\ndomains = { \"pypi.org\" = \"allow\", \"x.pypi.org\" = \"deny\" }\n\
+    let maps = "[features.network_proxy]\ndomains = { \"pypi.example\" = \"allow\", \"x.pypi.example\" = \"deny\" }\n\
                 unix_sockets = { \"/run/a.sock\" = \"deny\" }\n";
     let config = Config::from_toml_str(maps, "/c/config.toml").unwrap();
-    assert_eq!(config.allowed_domains(), ["pypi.org"]);
-    assert_eq!(config.denied_domains(), ["x.pypi.org"]);
+    assert_eq!(config.allowed_domains(), ["pypi.example"]);
+    assert_eq!(config.denied_domains(), ["x.pypi.example"]);
     assert!(config.allow_unix_sockets.is_empty());
     let switch =
         Config::from_toml_str("[features]\nnetwork_proxy = true\n", "/c/config.toml").unwrap();
@@ -263,14 +263,14 @@ fn the_last_default_permissions_wins_and_profile_overrides_it() {
 
     // Only the first file: its own default_permissions.
     let config = load(&[&system], None);
-    assert_eq!(config.allowed_domains(), ["api.openai.com"]);
+    assert_eq!(config.allowed_domains(), ["api.model.example"]);
     assert_eq!(config.mode, Mode::Full);
 
     // A later file's default_permissions selects a profile defined in an earlier file.
     let config = load(&[&system, &user], None);
     let chosen_by = ProfileChoice::DefaultPermissions { path: user.clone(), line: 3 };
     assert_eq!(config.profile, Some(Profile { name: "ci".into(), chosen_by }));
-    assert_eq!(config.allowed_domains(), ["*.npmjs.org", "registry.npmjs.org"]);
+    assert_eq!(config.allowed_domains(), ["*.npm.example", "registry.npm.example"]);
     assert_eq!(config.mode, Mode::Limited);
     assert_eq!(
         config.warnings,
@@ -288,7 +288,7 @@ fn the_last_default_permissions_wins_and_profile_overrides_it() {
         config.profile,
         Some(Profile { name: "workspace".into(), chosen_by: ProfileChoice::Flag })
     );
-    assert_eq!(config.allowed_domains(), ["api.openai.com"]);
+    assert_eq!(config.allowed_domains(), ["api.model.example"]);
     assert_eq!(
         config.warnings,
         [format!(
@@ -508,7 +508,7 @@ fn extends_of_a_profile_with_a_network_table_is_warned_about() {
 fn errors_in_a_profile_name_its_table_and_line() {
     let cases: &[(&str, &str)] = &[
         (
-            "[permissions.workspace.network.domains]\n\"api.openai.com\" = \"allow\"\n\"*.com\" = \"allow\"",
+            "[permissions.workspace.network.domains]\n\"api.model.example\" = \"allow\"\n\"*.com\" = \"allow\"",
             "/c/config.toml:4: permissions.workspace.network.domains: invalid pattern \"*.com\": a \
              wildcard needs at least two fixed labels after it (`*.example.com`, not `*.com`)",
         ),

@@ -46,9 +46,9 @@ fn every_key_accepts_a_good_value() {
     good("mode = \"limited\"", "mode", "\"limited\"");
     good("mode = \"full\"", "mode", "\"full\"");
     good(
-        "allowed_domains = [\"*.openai.com\", \"localhost\", \"::1\", \"10.0.0.0/8\"]",
+        "allowed_domains = [\"*.model.example\", \"localhost\", \"::1\", \"10.0.0.0/8\"]",
         "allowed_domains",
-        "[\"*.openai.com\", \"localhost\", \"::1\", \"10.0.0.0/8\"]",
+        "[\"*.model.example\", \"localhost\", \"::1\", \"10.0.0.0/8\"]",
     );
     good("allowed_domains = [\"*\"]", "allowed_domains", "[\"*\"]");
     good("denied_domains = [\"evil.example\"]", "denied_domains", "[\"evil.example\"]");
