@@ -19,11 +19,15 @@ pub struct BlockedEntry {
     pub reason: String,
     pub client: Option<String>,
     pub mode: String,
+    /// The request rule that denied it (`rule_denied`).
+    pub rule: Option<String>,
+    /// What a person needs to fix it: what a name resolved to, and the entry to add.
+    pub detail: Option<String>,
 }
 
 impl BlockedEntry {
     pub(crate) fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut json = serde_json::json!({
             "id": self.id,
             "timestamp": self.timestamp,
             "host": self.host,
@@ -33,7 +37,14 @@ impl BlockedEntry {
             "reason": self.reason,
             "client": self.client,
             "mode": self.mode,
-        })
+        });
+        if let Some(rule) = &self.rule {
+            json["rule"] = rule.clone().into();
+        }
+        if let Some(detail) = &self.detail {
+            json["detail"] = detail.clone().into();
+        }
+        json
     }
 }
 
@@ -104,6 +115,8 @@ mod tests {
             reason: "not_allowed".into(),
             client: None,
             mode: "full".into(),
+            rule: None,
+            detail: None,
         }
     }
 

@@ -25,7 +25,34 @@ pub fn cert_path(ca_dir: &Path) -> PathBuf {
 pub fn write_cert(ca_dir: &Path, pem: &str) -> anyhow::Result<PathBuf> {
     let path = cert_path(ca_dir);
     write_atomically(&path, pem.as_bytes(), 0o644)?;
+    // Which process holds the key: `proxyd ca export` refuses a CA whose proxyd has stopped.
+    write_atomically(&ca_dir.join(PID_FILE), std::process::id().to_string().as_bytes(), 0o644)?;
     Ok(path)
+}
+
+const PID_FILE: &str = "ca.pid";
+
+/// Whether the proxyd that wrote the CA in `ca_dir` is still running (its key lives only in
+/// that process's memory). `Err` says why not.
+fn owner_running(ca_dir: &Path) -> anyhow::Result<()> {
+    let pid_file = ca_dir.join(PID_FILE);
+    let text = std::fs::read_to_string(&pid_file).with_context(|| {
+        format!("reading {} (written with the certificate)", pid_file.display())
+    })?;
+    let pid: i32 =
+        text.trim().parse().with_context(|| format!("{} holds no pid", pid_file.display()))?;
+    let alive = rustix::process::Pid::from_raw(pid)
+        .is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok());
+    // A reused pid would be another program: on Linux, check it is a proxyd.
+    let is_proxyd = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map_or(!cfg!(target_os = "linux"), |comm| comm.trim() == "proxyd");
+    if alive && is_proxyd {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "the proxyd that made this interception CA (pid {pid}) is not running: its key died with it, \
+         so the certificate is useless; start proxyd with network.mitm = true and export again"
+    )
 }
 
 /// Writes the trust bundle for `proxyd exec`'s child: the roots it would trust anyway, then
@@ -135,6 +162,7 @@ pub fn read_cert(ca_dir: &Path) -> anyhow::Result<String> {
     if !meta.is_file() || meta.uid() != rustix::process::geteuid().as_raw() {
         anyhow::bail!("{} is not a regular file owned by this user", path.display());
     }
+    owner_running(ca_dir)?;
     std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
 }
 
@@ -247,5 +275,26 @@ mod tests {
             assert!(text.starts_with(&system), "the system bundle comes first");
         }
         let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+#[cfg(test)]
+mod owner_tests {
+    use super::*;
+
+    #[test]
+    fn export_refuses_a_ca_whose_proxyd_stopped() {
+        let dir = std::env::temp_dir().join(format!("proxyd-ca-pid-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let mut exited = std::process::Command::new("true").spawn().unwrap();
+        let dead = exited.id();
+        exited.wait().unwrap();
+        std::fs::write(dir.join(PID_FILE), dead.to_string()).unwrap();
+        let err = owner_running(&dir).unwrap_err().to_string();
+        assert!(err.contains("is not running") && err.contains(&dead.to_string()), "{err}");
+        std::fs::remove_file(dir.join(PID_FILE)).unwrap();
+        assert!(owner_running(&dir).is_err(), "no pid file: not trusted either");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

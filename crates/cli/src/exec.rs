@@ -169,18 +169,23 @@ pub fn blocked_summary(entries: &[BlockedEntry], total: u64) -> Option<String> {
     if total == 0 {
         return None;
     }
-    let mut counts: BTreeMap<(String, String, String), usize> = BTreeMap::new();
+    let mut counts: BTreeMap<(String, String, String, Option<String>), usize> = BTreeMap::new();
     for entry in entries {
         let target = match entry.host.contains(':') {
             true => format!("[{}]:{}", entry.host, entry.port),
             false => format!("{}:{}", entry.host, entry.port),
         };
-        *counts.entry((target, entry.reason.clone(), entry.protocol.clone())).or_default() += 1;
+        let why = entry.detail.clone().or_else(|| entry.rule.as_ref().map(|r| format!("rule {r}")));
+        *counts.entry((target, entry.reason.clone(), entry.protocol.clone(), why)).or_default() +=
+            1;
     }
     let mut out = format!("proxyd: blocked {total} request(s):\n");
-    for ((target, reason, protocol), count) in counts {
+    for ((target, reason, protocol, why), count) in counts {
         let times = if count > 1 { format!(" ({count} times)") } else { String::new() };
         out.push_str(&format!("  {target} {reason} via {protocol}{times}\n"));
+        if let Some(why) = why {
+            out.push_str(&format!("    {why}\n"));
+        }
     }
     let older = total.saturating_sub(entries.len() as u64);
     if older > 0 {
@@ -265,6 +270,8 @@ mod tests {
             reason: "not_allowed".into(),
             client: None,
             mode: "full".into(),
+            rule: None,
+            detail: None,
         };
         assert_eq!(blocked_summary(&[], 0), None);
         let summary = blocked_summary(&[entry("c.test"), entry("c.test")], 3).expect("summary");

@@ -211,6 +211,13 @@ impl EventSink for Recorder {
             reason: reason.code().to_owned(),
             client: event.client.map(|c| c.to_string()),
             mode: event.mode.as_str().to_owned(),
+            rule: match reason {
+                proxyd_policy::Reason::RuleDenied(rule) if !rule.is_empty() => {
+                    Some(rule.to_string())
+                }
+                _ => None,
+            },
+            detail: event.detail.clone(),
         };
         let id = self.blocked.push(entry.clone());
         if let Some(observer) = &self.observer {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use proxyd_net::{Attempt, Connections, Failure};
-use proxyd_policy::{Mode, Protocol, SideDoors, Target};
+use proxyd_net::{Attempt, Connections, Failure, Refusal};
+use proxyd_policy::{Mode, Protocol, Reason, SideDoors, Target};
 
 use crate::origin;
 use crate::respond::{self, Blocked};
@@ -63,6 +63,19 @@ async fn open_tunnel(
     };
     let mut admission = match shared.engine.admit(attempt).await {
         Ok(admission) => admission,
+        // Limited mode without interception: say how reads could get through.
+        Err(Refusal::Blocked { reason: Reason::MethodNotAllowed, mode, detail: None })
+            if shared.settings.mitm.is_none() =>
+        {
+            let hint = "limited mode refuses tunnels it cannot read; with mitm = true proxyd \
+                        reads HTTPS and lets GET, HEAD and OPTIONS through";
+            let refusal = Refusal::Blocked {
+                reason: Reason::MethodNotAllowed,
+                mode,
+                detail: Some(hint.to_owned()),
+            };
+            return respond::refusal(&refusal, &cx);
+        }
         Err(refusal) => return respond::refusal(&refusal, &cx),
     };
     if admission.inspected()

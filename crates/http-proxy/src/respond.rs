@@ -47,6 +47,15 @@ fn blocked_status(reason: &Reason) -> StatusCode {
 
 /// 403 (or 503 when disabled) with `x-proxy-error` and a JSON body.
 pub(crate) fn blocked(reason: &Reason, b: &Blocked<'_>) -> Response<Body> {
+    blocked_with(reason, b, None)
+}
+
+/// [`blocked`], with what a person needs to fix it (`detail` in the JSON body).
+pub(crate) fn blocked_with(
+    reason: &Reason,
+    b: &Blocked<'_>,
+    detail: Option<&str>,
+) -> Response<Body> {
     let body = serde_json::json!({
         "status": "blocked",
         "reason": reason.code(),
@@ -63,6 +72,9 @@ pub(crate) fn blocked(reason: &Reason, b: &Blocked<'_>) -> Response<Body> {
         Reason::InvalidPath(error) => body["detail"] = error.to_string().into(),
         _ => {}
     }
+    if let Some(detail) = detail {
+        body["detail"] = detail.into();
+    }
     let mut response = json(blocked_status(reason), &body);
     if let Some(value) = x_proxy_error(reason) {
         response.headers_mut().insert("x-proxy-error", HeaderValue::from_static(value));
@@ -73,7 +85,9 @@ pub(crate) fn blocked(reason: &Reason, b: &Blocked<'_>) -> Response<Body> {
 /// A refusal from the admission path: the block, or 502/504 without upstream details.
 pub(crate) fn refusal(refusal: &Refusal, b: &Blocked<'_>) -> Response<Body> {
     match refusal {
-        Refusal::Blocked { reason, mode } => blocked(reason, &Blocked { mode: *mode, ..*b }),
+        Refusal::Blocked { reason, mode, detail } => {
+            blocked_with(reason, &Blocked { mode: *mode, ..*b }, detail.as_deref())
+        }
         Refusal::Failed { failure, .. } => {
             let (status, message) = failure_answer(*failure);
             error(status, failure.code(), message)

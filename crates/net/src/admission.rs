@@ -152,7 +152,12 @@ impl std::fmt::Debug for RuleEdits {
 pub enum Refusal {
     /// A policy decision.
     #[error("blocked: {reason}")]
-    Blocked { reason: Reason, mode: Mode },
+    Blocked {
+        reason: Reason,
+        mode: Mode,
+        /// What resolved where, and the entry that would allow it (resolved-address blocks).
+        detail: Option<String>,
+    },
     /// Not a policy decision: the name did not resolve, the origin refused, the listener's own
     /// step failed.
     #[error("failed: {}", failure.code())]
@@ -237,10 +242,10 @@ impl Failure {
     }
 }
 
-impl From<DialError> for Result<Reason, Failure> {
-    fn from(error: DialError) -> Result<Reason, Failure> {
+impl From<DialError> for Result<(Reason, Vec<std::net::IpAddr>), Failure> {
+    fn from(error: DialError) -> Result<(Reason, Vec<std::net::IpAddr>), Failure> {
         match error {
-            DialError::Blocked(reason) => Ok(reason),
+            DialError::Blocked(reason, ips) => Ok((reason, ips)),
             DialError::DnsFailed | DialError::DnsTimeout => Err(Failure::DnsFailed),
             DialError::Refused => Err(Failure::ConnectRefused),
             DialError::Unreachable => Err(Failure::ConnectUnreachable),
@@ -270,6 +275,7 @@ impl Engine {
             inspected,
             decider_allowed: false,
             edits: None,
+            detail: None,
             unix: None,
             peers: Vec::new(),
             dns_time: None,
@@ -300,8 +306,9 @@ impl Engine {
             outcome: Outcome::Blocked(reason.clone()),
             dns_time: None,
             connect_time: None,
+            detail: None,
         });
-        Refusal::Blocked { reason, mode }
+        Refusal::Blocked { reason, mode, detail: None }
     }
 }
 
@@ -316,6 +323,8 @@ pub struct Admission {
     decider_allowed: bool,
     /// What the request rule that allowed it asks (strip, inject).
     edits: Option<RuleEdits>,
+    /// What a resolved-address block resolved to (for the event and the refusal).
+    detail: Option<String>,
     unix: Option<UnixSocketRule>,
     /// Every checked address of the target: what a later change re-checks.
     peers: Vec<IpAddr>,
@@ -518,8 +527,13 @@ impl Admission {
     /// Settles the attempt as blocked by a check of the listener's own (the TLS server name
     /// of an intercepted tunnel) and records it.
     pub fn block(&mut self, reason: Reason) -> Refusal {
+        self.block_with(reason, None)
+    }
+
+    fn block_with(&mut self, reason: Reason, detail: Option<String>) -> Refusal {
+        self.detail = detail.clone();
         self.settle(Outcome::Blocked(reason.clone()));
-        Refusal::Blocked { reason, mode: self.snapshot.mode }
+        Refusal::Blocked { reason, mode: self.snapshot.mode, detail }
     }
 
     /// Settles the attempt as allowed, records it with its timings, and returns the lease the
@@ -534,7 +548,7 @@ impl Admission {
             tracing::debug!(target = %self.attempt.target, %reason, "refused by a change made while it was being admitted");
             let mode = lease.mode();
             self.settle(Outcome::Blocked(reason.clone()));
-            return Err(Refusal::Blocked { reason, mode });
+            return Err(Refusal::Blocked { reason, mode, detail: None });
         }
         self.settle(Outcome::Allowed);
         Ok(lease)
@@ -570,15 +584,18 @@ impl Admission {
                 self.facts().recheck(&now, &self.engine.inner.dialer.own_listeners())
         {
             self.settle(Outcome::Blocked(reason.clone()));
-            return Err(Refusal::Blocked { reason, mode: now.mode });
+            return Err(Refusal::Blocked { reason, mode: now.mode, detail: None });
         }
         self.settle(Outcome::Allowed);
         Ok(now.generation)
     }
 
     fn dial_refusal(&mut self, error: DialError) -> Refusal {
-        match Result::<Reason, Failure>::from(error) {
-            Ok(reason) => self.block(reason),
+        match Result::<(Reason, Vec<std::net::IpAddr>), Failure>::from(error) {
+            Ok((reason, ips)) => {
+                let detail = resolved_detail(&self.attempt.target, &reason, &ips);
+                self.block_with(reason, detail)
+            }
             Err(failure) => self.fail(failure),
         }
     }
@@ -598,6 +615,7 @@ impl Admission {
             outcome,
             dns_time: self.dns_time,
             connect_time: self.connect_time,
+            detail: self.detail.take(),
         });
     }
 }
@@ -831,4 +849,32 @@ fn rule_edits(policy: &Policy, facts: &RequestFacts<'_>) -> Option<RuleEdits> {
         strip: strip.iter().map(|s| s.to_string()).collect(),
         inject,
     })
+}
+
+/// "NAME resolved to A, B; add "A" to allowed_domains ..." for a resolved-address block.
+fn resolved_detail(target: &Target, reason: &Reason, ips: &[std::net::IpAddr]) -> Option<String> {
+    if ips.is_empty() {
+        return None;
+    }
+    let name = target.host.name()?;
+    let list: Vec<String> = ips.iter().map(ToString::to_string).collect();
+    let resolved = format!("{name} resolved to {}", list.join(", "));
+    match reason {
+        Reason::NotAllowedLocal => {
+            let local: Vec<&String> = ips
+                .iter()
+                .zip(&list)
+                .filter(|(ip, _)| proxyd_policy::is_local(**ip))
+                .map(|(_, text)| text)
+                .collect();
+            let entries: Vec<String> = local.iter().map(|ip| format!("\"{ip}\"")).collect();
+            Some(format!(
+                "{resolved}: local or private; to allow it, add {} to allowed_domains (or a range \
+                 that contains it), or set allow_local_binding = true",
+                entries.join(", ")
+            ))
+        }
+        Reason::Denied => Some(format!("{resolved}, which denied_domains covers")),
+        _ => Some(resolved),
+    }
 }

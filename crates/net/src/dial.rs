@@ -163,7 +163,7 @@ impl Dialer {
         };
         if let Decision::Block(reason) = decision {
             tracing::debug!(%target, ?ips, %reason, "resolved address blocked");
-            return Err(DialError::Blocked(reason));
+            return Err(DialError::Blocked(reason, ips));
         }
         let addrs = ips.into_iter().map(|ip| SocketAddr::new(ip, target.port)).collect();
         Ok(Checked { target: target.clone(), addrs, dns_time })

@@ -56,6 +56,9 @@ pub struct Event {
     pub outcome: Outcome,
     pub dns_time: Option<Duration>,
     pub connect_time: Option<Duration>,
+    /// What a person needs to fix a block: the addresses a name resolved to, and the entry
+    /// that would allow them.
+    pub detail: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -276,6 +279,7 @@ impl Engine {
             reason = event.outcome.reason(),
             dns_ms = ms(event.dns_time),
             connect_ms = ms(event.connect_time),
+            detail = event.detail.as_deref(),
             "decision"
         );
         for sink in &self.inner.sinks {

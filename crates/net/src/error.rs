@@ -7,8 +7,8 @@ use proxyd_policy::Reason;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum DialError {
     /// A resolved (or literal) address failed `Policy::check_resolved`: `denied`,
-    /// `not_allowed_local` or `self_connection`.
-    Blocked(Reason),
+    /// `not_allowed_local` or `self_connection`; with the addresses the name resolved to.
+    Blocked(Reason, Vec<std::net::IpAddr>),
     /// The lookup failed or returned no address.
     DnsFailed,
     /// The lookup did not answer within `dns_timeout`; reported as `dns_failed`.

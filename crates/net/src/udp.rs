@@ -68,11 +68,12 @@ impl Engine {
                 outcome,
                 dns_time: None,
                 connect_time: None,
+                detail: None,
             });
         };
         if let Some(reason) = refusal {
             record(Outcome::Blocked(reason.clone()));
-            return Err(Refusal::Blocked { reason, mode: snapshot.mode });
+            return Err(Refusal::Blocked { reason, mode: snapshot.mode, detail: None });
         }
         let relay = match bind(SocketAddr::new(local_ip.to_canonical(), 0)).await {
             Ok(relay) => relay,

@@ -92,7 +92,8 @@ mod tests {
     #[test]
     fn refusal_replies() {
         use proxyd_policy::Mode;
-        let blocked = |reason| refusal_reply(&Refusal::Blocked { reason, mode: Mode::Full });
+        let blocked =
+            |reason| refusal_reply(&Refusal::Blocked { reason, mode: Mode::Full, detail: None });
         let failed = |failure| refusal_reply(&Refusal::Failed { failure, mode: Mode::Full });
         assert_eq!(blocked(Reason::Denied), 0x02);
         assert_eq!(blocked(Reason::NotAllowed), 0x02);

@@ -250,6 +250,8 @@ fn entry(host: &str, protocol: &str) -> BlockedEntry {
         reason: "not_allowed".into(),
         client: Some("127.0.0.1:50000".into()),
         mode: "full".into(),
+        rule: None,
+        detail: None,
     }
 }
 

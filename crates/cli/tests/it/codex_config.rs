@@ -57,7 +57,8 @@ async fn check_names_the_profile_table_chosen_by_default_permissions() -> anyhow
     let header =
         format!("# {path}: {table} line 23 (profile from default_permissions at {path}:4)");
     ensure!(has_line(&run, &header), "missing {header:?}: {run:?}");
-    let allowed = format!(r#"allowed_domains = ["api.model.example"]  # from {path}:27 in {table}"#);
+    let allowed =
+        format!(r#"allowed_domains = ["api.model.example"]  # from {path}:27 in {table}"#);
     let denied = format!(r#"denied_domains = ["evil.example"]  # from {path}:27 in {table}"#);
     ensure!(has_line(&run, &allowed), "missing {allowed:?}: {run:?}");
     ensure!(has_line(&run, &denied), "missing {denied:?}: {run:?}");

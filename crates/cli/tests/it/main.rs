@@ -8,6 +8,7 @@ mod admin_api;
 mod admin_support;
 mod admission;
 mod ask;
+mod blocks;
 mod codex_config;
 mod curl;
 mod dns;

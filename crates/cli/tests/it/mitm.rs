@@ -217,8 +217,19 @@ async fn a_running_proxyd_intercepts_for_curl_trusting_its_ca() -> anyhow::Resul
     let copy = setup.dir.join("copy.pem");
     let to_file = setup.run(&["ca", "export", copy.to_str().context("path")?]).await?;
     ensure!(to_file.status.success() && std::fs::read_to_string(&copy)? == pem, "{to_file:?}");
-    let names: Vec<_> = std::fs::read_dir(setup.ca_dir())?.filter_map(Result::ok).collect();
-    ensure!(names.len() == 1, "only the certificate is written, never a key: {names:?}");
+    let mut names: Vec<String> = std::fs::read_dir(setup.ca_dir())?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    ensure!(
+        names == ["ca.pem", "ca.pid"],
+        "only the certificate (and its pid) is written, never a key: {names:?}"
+    );
+    for name in &names {
+        let text = std::fs::read_to_string(setup.ca_dir().join(name))?;
+        ensure!(!text.contains("PRIVATE KEY"), "{name} holds a key");
+    }
 
     let cacert = cert.to_str().context("path")?;
     let get = curl(daemon.addr, &["--cacert", cacert, &setup.url("/x")]).await?;

@@ -122,6 +122,7 @@ async fn rules_allow_and_deny_by_method_path_and_header_over_http_and_https() ->
     let tok = https.requests().into_iter().find(|r| r.target == "/t").context("token request")?;
     ensure!(tok.header("authorization") == Some("Bearer real-secret"), "{tok:?}");
     ensure!(!stderr.contains("real-secret"), "the secret reached a log: {stderr}");
+    ensure!(stderr.contains("rule no-admin"), "the summary names the deny rule: {stderr}");
     Ok(())
 }
 
