@@ -13,6 +13,7 @@ mod curl;
 mod dns;
 mod exec;
 mod library;
+mod metrics;
 mod mitm;
 mod process;
 mod regressions;
