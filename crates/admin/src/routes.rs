@@ -1,7 +1,7 @@
 //! The endpoints of SPEC §8.1 and their JSON shapes.
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use http_body_util::Full;
 
 use crate::{Control, Mode, PendingAnswer, ReloadError};
@@ -11,12 +11,18 @@ pub(crate) type Body = Full<Bytes>;
 /// Largest request body accepted (`POST /mode`).
 pub(crate) const MAX_BODY: usize = 64 * 1024;
 
+/// The Prometheus text format, served by default.
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// OpenMetrics, served when `Accept` ranks it above the Prometheus text format.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 /// Routes one request whose protections already passed.
 pub(crate) async fn route(
     control: &dyn Control,
     method: &Method,
     path: &str,
     query: Option<&str>,
+    headers: &HeaderMap,
     body: &[u8],
 ) -> Response<Body> {
     match (method.as_str(), path) {
@@ -24,7 +30,7 @@ pub(crate) async fn route(
         ("GET" | "HEAD", "/config") => config(control),
         ("GET" | "HEAD", "/patterns") => patterns(control),
         ("GET" | "HEAD", "/blocked") => blocked(control, query),
-        ("GET" | "HEAD", "/metrics") => text(StatusCode::OK, control.metrics()),
+        ("GET" | "HEAD", "/metrics") => metrics(control, headers),
         ("POST", "/mode") => mode(control, body),
         ("POST", "/reload") => reload(control).await,
         ("GET" | "HEAD", "/pending") => pending(control),
@@ -197,12 +203,190 @@ fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
     response
 }
 
-fn text(status: StatusCode, body: String) -> Response<Body> {
+/// `GET /metrics`: [`Control::metrics`] (OpenMetrics text) as OpenMetrics when `Accept` asks
+/// for it, else converted to the Prometheus text format 0.0.4.
+fn metrics(control: &dyn Control, headers: &HeaderMap) -> Response<Body> {
+    let openmetrics = wants_openmetrics(headers);
+    let (body, content_type) = match openmetrics {
+        true => (control.metrics(), OPENMETRICS),
+        false => (prometheus_text(&control.metrics()), PROMETHEUS_TEXT),
+    };
     let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-    );
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::VARY, HeaderValue::from_static("accept"));
     response
+}
+
+/// Whether `Accept` ranks `application/openmetrics-text` strictly above `text/plain` (and the
+/// wildcards that cover it), as Prometheus' own scrape header does. No `Accept`, `*/*`, a tie
+/// or anything unparsable gets the Prometheus text format.
+fn wants_openmetrics(headers: &HeaderMap) -> bool {
+    let (mut openmetrics, mut text) = (0.0f32, 0.0f32);
+    for value in headers.get_all(header::ACCEPT) {
+        let Ok(value) = value.to_str() else { continue };
+        for range in value.split(',') {
+            let mut params = range.split(';');
+            let media = params.next().unwrap_or_default().trim().to_ascii_lowercase();
+            let q = params
+                .filter_map(|p| p.split_once('='))
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+                .map_or(Some(1.0), |(_, v)| v.trim().parse::<f32>().ok())
+                .unwrap_or(0.0);
+            match media.as_str() {
+                "application/openmetrics-text" => openmetrics = openmetrics.max(q),
+                "text/plain" | "text/*" | "*/*" => text = text.max(q),
+                _ => {}
+            }
+        }
+    }
+    openmetrics > 0.0 && openmetrics > text
+}
+
+/// OpenMetrics text (as prometheus-client writes it) in the Prometheus text format 0.0.4: no
+/// `# EOF` or `# UNIT`, counter families named by their `_total` samples, `info` as a gauge of
+/// its `_info` samples, `unknown` as `untyped`, and HELP without OpenMetrics' `\"` escape.
+fn prometheus_text(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    let mut help: Option<(&str, &str)> = None;
+    for line in openmetrics.lines() {
+        if line == "# EOF" {
+            break;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            flush_help(&mut out, help.take());
+            help = Some(rest.split_once(' ').unwrap_or((rest, "")));
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (family, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let (name, kind) = match kind {
+                "counter" if !family.ends_with("_total") => (format!("{family}_total"), "counter"),
+                "info" => (format!("{family}_info"), "gauge"),
+                "stateset" => (family.to_owned(), "gauge"),
+                "gaugehistogram" => (family.to_owned(), "histogram"),
+                "unknown" => (family.to_owned(), "untyped"),
+                other => (family.to_owned(), other),
+            };
+            match help.take() {
+                Some((of, text)) if of == family => flush_help(&mut out, Some((&name, text))),
+                other => flush_help(&mut out, other),
+            }
+            out.push_str("# TYPE ");
+            out.push_str(&name);
+            out.push(' ');
+            out.push_str(kind);
+            out.push('\n');
+            continue;
+        }
+        flush_help(&mut out, help.take());
+        if line.starts_with("# UNIT ") {
+            continue;
+        }
+        // A sample; exemplars (` # {...}` after the value) are OpenMetrics only.
+        let labels_end = labels_end(line);
+        let sample = match line[labels_end..].find(" # ") {
+            Some(at) => &line[..labels_end + at],
+            None => line,
+        };
+        out.push_str(sample);
+        out.push('\n');
+    }
+    flush_help(&mut out, help);
+    out
+}
+
+/// Where a sample line's name and labels end (label values may hold `}`, `#` and spaces).
+fn labels_end(line: &str) -> usize {
+    let name_end = line.find([' ', '{']).unwrap_or(line.len());
+    if !line[name_end..].starts_with('{') {
+        return name_end;
+    }
+    let (mut quoted, mut escaped) = (false, false);
+    for (at, c) in line.char_indices().skip(name_end) {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '}' if !quoted => return at + 1,
+            _ => {}
+        }
+    }
+    line.len()
+}
+
+/// Writes a pending `# HELP NAME TEXT`, unescaping `\"` (not an escape in format 0.0.4).
+fn flush_help(out: &mut String, help: Option<(&str, &str)>) {
+    let Some((name, text)) = help else { return };
+    out.push_str("# HELP ");
+    out.push_str(name);
+    out.push(' ');
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match (c, chars.clone().next()) {
+            ('\\', Some('"')) => {}
+            ('\\', Some('\\')) => {
+                out.push_str("\\\\");
+                chars.next();
+            }
+            (c, _) => out.push(c),
+        }
+    }
+    out.push('\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ACCEPT, HeaderValue::from_str(value).unwrap());
+        headers
+    }
+
+    #[test]
+    fn openmetrics_only_when_accept_ranks_it_first() {
+        assert!(!wants_openmetrics(&HeaderMap::new()));
+        assert!(!wants_openmetrics(&accept("*/*")));
+        assert!(!wants_openmetrics(&accept("text/plain")));
+        assert!(!wants_openmetrics(&accept("text/plain;version=0.0.4")));
+        assert!(!wants_openmetrics(&accept("application/openmetrics-text;q=0,text/plain")));
+        assert!(!wants_openmetrics(&accept("application/openmetrics-text;q=0.5,*/*")));
+        assert!(wants_openmetrics(&accept("application/openmetrics-text")));
+        assert!(wants_openmetrics(&accept("Application/OpenMetrics-Text; version=1.0.0")));
+        // Prometheus' own scrape header.
+        assert!(wants_openmetrics(&accept(
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+        )));
+    }
+
+    #[test]
+    fn openmetrics_converts_to_the_prometheus_text_format() {
+        let openmetrics = concat!(
+            "# HELP up_seconds A \\\"quoted\\\" \\\\ help.\n",
+            "# TYPE up_seconds gauge\n",
+            "# UNIT up_seconds seconds\n",
+            "up_seconds 3.5\n",
+            "# HELP hits Hits by path.\n",
+            "# TYPE hits counter\n",
+            "hits_total{path=\"/a # b}\"} 2 # {trace=\"x\"} 1\n",
+            "# HELP build Build.\n",
+            "# TYPE build info\n",
+            "build_info{version=\"1\"} 1\n",
+            "# EOF\n",
+        );
+        let expected = concat!(
+            "# HELP up_seconds A \"quoted\" \\\\ help.\n",
+            "# TYPE up_seconds gauge\n",
+            "up_seconds 3.5\n",
+            "# HELP hits_total Hits by path.\n",
+            "# TYPE hits_total counter\n",
+            "hits_total{path=\"/a # b}\"} 2\n",
+            "# HELP build_info Build.\n",
+            "# TYPE build_info gauge\n",
+            "build_info{version=\"1\"} 1\n",
+        );
+        assert_eq!(prometheus_text(openmetrics), expected);
+    }
 }

@@ -127,6 +127,14 @@ impl AdminServer {
             Ok(Err(_)) => return routes::error(StatusCode::PAYLOAD_TOO_LARGE, "body too large"),
             Err(_) => return routes::error(StatusCode::REQUEST_TIMEOUT, "body read timed out"),
         };
-        routes::route(&*self.control, &parts.method, &path, parts.uri.query(), &body).await
+        routes::route(
+            &*self.control,
+            &parts.method,
+            &path,
+            parts.uri.query(),
+            &parts.headers,
+            &body,
+        )
+        .await
     }
 }

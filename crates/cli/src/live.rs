@@ -319,14 +319,18 @@ impl Control for Live {
     fn metrics(&self) -> String {
         let listeners = self.listeners.read().unwrap_or_else(|e| e.into_inner());
         let tunnels = self.tunnels.read().unwrap_or_else(|e| e.into_inner());
-        let active: Vec<(&str, usize, usize)> = listeners
+        // Listeners without tunnels (admin, dns) get no tunnel series.
+        let active: Vec<(&str, usize, Option<usize>)> = listeners
             .iter()
             .map(|(name, _, connections)| {
-                let open_tunnels =
-                    tunnels.iter().filter(|(n, _)| n == name).map(|(_, t)| t.active()).sum();
+                let open_tunnels = tunnels
+                    .iter()
+                    .filter(|(n, _)| n == name)
+                    .map(|(_, t)| t.active())
+                    .reduce(|a, b| a + b);
                 (name.as_str(), connections.active(), open_tunnels)
             })
             .collect();
-        self.recorder.metrics.render(&active)
+        self.recorder.metrics.render(self.engine.mode(), &active)
     }
 }

@@ -9,6 +9,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use proxyd::{Config, NetworkProxy, Sources};
 
+mod docs;
+
 /// A local network-policy enforcement proxy.
 #[derive(Debug, Parser)]
 #[command(name = "proxyd", version, about)]
@@ -58,6 +60,11 @@ enum Command {
         #[command(subcommand)]
         command: CaCommand,
     },
+    // Generated documentation (docs.rs); read no config.
+    /// Print a shell completion script for SHELL to stdout.
+    Completions { shell: docs::Shell },
+    /// Print the man page (roff) to stdout.
+    Man,
 }
 
 #[derive(Debug, Subcommand)]
@@ -79,6 +86,13 @@ enum LogFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Completions { shell }) => {
+            return docs::completions(<Cli as clap::CommandFactory>::command(), shell);
+        }
+        Some(Command::Man) => return docs::man(<Cli as clap::CommandFactory>::command()),
+        _ => {}
+    }
     let quiet = matches!(cli.command, Some(Command::Exec { .. }));
     // Behind `exec`, proxyd's own log would drown the command's output: warnings only.
     init_tracing(cli.log_format, if quiet { "warn" } else { "info" });
@@ -112,6 +126,7 @@ fn main() -> ExitCode {
             runtime().and_then(|rt| rt.block_on(exec(config, command, ask)))
         }
         Some(Command::Ca { command }) => ca(&config, command).map(|()| ExitCode::SUCCESS),
+        Some(Command::Completions { .. } | Command::Man) => unreachable!("answered above"),
         None if !config.enabled => {
             tracing::info!("network.enabled is false: proxyd binds nothing and exits");
             return ExitCode::SUCCESS;

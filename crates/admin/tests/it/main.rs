@@ -52,7 +52,8 @@ impl Fake {
 
 const HTTP: &str = "127.0.0.1:3128";
 const SOCKS: &str = "127.0.0.1:8081";
-const METRICS: &str = "# TYPE fake_total counter\nfake_total 7\n# EOF\n";
+/// What [`Control::metrics`] returns: OpenMetrics text.
+const METRICS: &str = "# HELP fake Fakes.\n# TYPE fake counter\nfake_total 7\n# EOF\n";
 
 impl Control for Fake {
     fn version(&self) -> &str {
@@ -280,10 +281,20 @@ async fn health_config_patterns_and_metrics_have_their_shapes() -> anyhow::Resul
         "{patterns}"
     );
 
+    // The Prometheus text format by default, OpenMetrics when asked for.
     let metrics = server.get("/metrics").await?;
+    let text = "# HELP fake_total Fakes.\n# TYPE fake_total counter\nfake_total 7\n";
+    ensure!(metrics.status() == 200 && metrics.body == text, "{metrics:?}");
+    let content_type = metrics.head.header("content-type").unwrap_or_default();
+    ensure!(content_type == "text/plain; version=0.0.4; charset=utf-8", "{content_type}");
+    let accept = ["Accept: application/openmetrics-text; version=1.0.0"];
+    let metrics = server.send("GET", "/metrics", &accept, "").await?;
     ensure!(metrics.status() == 200 && metrics.body == METRICS, "{metrics:?}");
     let content_type = metrics.head.header("content-type").unwrap_or_default();
-    ensure!(content_type.contains("text"), "{content_type}");
+    ensure!(
+        content_type.starts_with("application/openmetrics-text; version=1.0.0"),
+        "{content_type}"
+    );
 
     // HEAD answers like GET, without the body.
     let head = server.send("HEAD", "/health", &[], "").await?;

@@ -236,7 +236,7 @@ async fn metrics_are_prometheus_text_with_decision_counters() -> anyhow::Result<
     );
     let metrics = &reply.body;
     let expected = [
-        "# TYPE proxyd_decisions counter",
+        "# TYPE proxyd_decisions_total counter",
         r#"proxyd_decisions_total{protocol="http",decision="allow",reason="allowed"} 1"#,
         r#"proxyd_decisions_total{protocol="http",decision="block",reason="not_allowed"} 2"#,
         r#"proxyd_decisions_total{protocol="http-connect",decision="block",reason="not_allowed"} 1"#,

@@ -14,6 +14,7 @@ mod curl;
 mod dns;
 mod exec;
 mod library;
+mod metrics;
 mod mitm;
 mod process;
 mod regressions;
