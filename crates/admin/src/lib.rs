@@ -91,7 +91,7 @@ pub trait Control: Send + Sync + 'static {
     /// returns the changed keys that take effect only at the next restart (timeouts and limits
     /// baked into running listeners).
     fn reload(&self) -> BoxFuture<'_, Result<Vec<String>, ReloadError>>;
-    /// Prometheus text exposition.
+    /// The metrics in the OpenMetrics text format (the admin API converts them to the Prometheus text format unless asked).
     fn metrics(&self) -> String;
 
     /// The questions of `on_miss = "ask"` waiting for an answer, oldest first.
