@@ -233,7 +233,11 @@ mod tests {
         assert_eq!(mode(&secret), 0o600);
         let names: Vec<_> =
             std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(names.len(), 2, "no temporary file left behind: {names:?}");
+        assert_eq!(
+            names.len(),
+            3,
+            "ca.pem, ca.pid and secret; no temporary file left behind: {names:?}"
+        );
         let _ = std::fs::remove_dir_all(dir.parent().unwrap());
     }
 
