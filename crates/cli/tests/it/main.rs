@@ -20,3 +20,4 @@ mod reload;
 mod review;
 mod rules;
 mod support;
+mod ux;
