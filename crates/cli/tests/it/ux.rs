@@ -68,7 +68,7 @@ async fn exec(toml: &str, args: &[&str]) -> anyhow::Result<Finished> {
 }
 
 /// Runs a command that prints `ready` once its trap is set, sends `signal` to proxyd (not to
-/// the command), and returns how proxyd ended.
+/// the command), and returns how proxyd ended. Errors carry proxyd's stderr.
 async fn signal_exec(signal: &str, script: &str) -> anyhow::Result<Finished> {
     let dir = temp_dir("proxyd-ux-signal")?;
     let mut child: Child =
@@ -76,17 +76,28 @@ async fn signal_exec(signal: &str, script: &str) -> anyhow::Result<Finished> {
     let pid = child.id().context("proxyd exited at once")?;
     let mut stdout = BufReader::new(child.stdout.take().context("stdout")?);
     let mut stderr = child.stderr.take().context("stderr")?;
-    let mut first = String::new();
-    timeout(BOUND, stdout.read_line(&mut first)).await.context("no ready line")??;
-    ensure!(first == "ready\n", "unexpected first line {first:?}");
-    let kill = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
-    ensure!(timeout(BOUND, kill).await??.success(), "kill -{signal} failed");
-    let status = timeout(BOUND, child.wait()).await.context("proxyd did not exit")??;
-    let mut rest = String::new();
-    timeout(BOUND, stdout.read_to_string(&mut rest)).await.context("stdout not closed")??;
-    let mut err = String::new();
-    timeout(BOUND, stderr.read_to_string(&mut err)).await.context("stderr not closed")??;
-    Ok(Finished { status, stdout: first + &rest, stderr: err })
+    let stderr = tokio::spawn(async move {
+        let mut err = String::new();
+        let _ = stderr.read_to_string(&mut err).await;
+        err
+    });
+    let steps = async {
+        let mut out = String::new();
+        timeout(BOUND, stdout.read_line(&mut out)).await.context("no ready line")??;
+        ensure!(out == "ready\n", "unexpected first line {out:?}");
+        let kill = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
+        ensure!(timeout(BOUND, kill).await??.success(), "kill -{signal} failed");
+        let status = timeout(BOUND, child.wait()).await.context("proxyd did not exit")??;
+        timeout(BOUND, stdout.read_to_string(&mut out)).await.context("stdout not closed")??;
+        Ok((status, out))
+    };
+    let result = steps.await;
+    if result.is_err() {
+        let _ = child.start_kill();
+    }
+    let err = timeout(BOUND, stderr).await.context("stderr not closed")??;
+    let (status, stdout) = result.with_context(|| format!("proxyd's stderr: {err}"))?;
+    Ok(Finished { status, stdout, stderr: err })
 }
 
 /// A trap that reports the signal and exits 7; `sleep` in the background so the shell runs
