@@ -61,23 +61,113 @@ pub fn proxy_env(
     env
 }
 
-/// With `mitm = true`: every variable through which common clients take their trusted roots
-/// (OpenSSL's `SSL_CERT_FILE`, curl, Python requests, pip, git, Node) pointed at `bundle`, the
-/// roots the child trusted anyway plus proxyd's CA. `NODE_EXTRA_CA_CERTS` adds to Node's own
-/// roots, the others replace the defaults, which is why the bundle carries them too.
+/// The variables [`ca_env`] sets: OpenSSL's `SSL_CERT_FILE`, Python requests, Node, pip, git,
+/// curl, npm (its `cafile` setting, which wins over `SSL_CERT_FILE`, in both spellings), cargo,
+/// Bundler, the AWS SDKs and CLI, httplib2 and gRPC.
+pub const CA_VARIABLES: [&str; 13] = [
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+    "NODE_EXTRA_CA_CERTS",
+    "PIP_CERT",
+    "GIT_SSL_CAINFO",
+    "CURL_CA_BUNDLE",
+    "npm_config_cafile",
+    "NPM_CONFIG_CAFILE",
+    "CARGO_HTTP_CAINFO",
+    "BUNDLE_SSL_CA_CERT",
+    "AWS_CA_BUNDLE",
+    "HTTPLIB2_CA_CERTS",
+    "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH",
+];
+
+/// With interception: every variable through which common clients take their trusted roots
+/// ([`CA_VARIABLES`]) pointed at `bundle`, the roots the child trusted anyway plus proxyd's CA.
+/// `NODE_EXTRA_CA_CERTS` adds to Node's own roots, the others replace the defaults, which is
+/// why the bundle carries them too.
 pub fn ca_env(bundle: &Path) -> Vec<(String, String)> {
     let bundle = bundle.display().to_string();
-    [
-        "SSL_CERT_FILE",
-        "REQUESTS_CA_BUNDLE",
-        "NODE_EXTRA_CA_CERTS",
-        "PIP_CERT",
-        "GIT_SSL_CAINFO",
-        "CURL_CA_BUNDLE",
-    ]
-    .into_iter()
-    .map(|key| (key.to_owned(), bundle.clone()))
-    .collect()
+    CA_VARIABLES.into_iter().map(|key| (key.to_owned(), bundle.clone())).collect()
+}
+
+/// The one line `proxyd exec` prints on stderr when the command runs with interception.
+pub fn interception_notice(bundle: &Path) -> String {
+    format!(
+        "proxyd: https interception is on: the command trusts proxyd's CA through {} \
+         (SSL_CERT_FILE, npm_config_cafile, NODE_EXTRA_CA_CERTS and {} more)\n",
+        bundle.display(),
+        CA_VARIABLES.len() - 3
+    )
+}
+
+/// A request that failed for a reason that is not a policy decision (the name did not
+/// resolve, the connection was refused, the client did not trust the interception CA…), kept
+/// for `proxyd exec`'s summary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedRequest {
+    pub host: String,
+    pub port: u16,
+    /// `http`, `http-connect`, `socks5`…
+    pub protocol: String,
+    /// The failure's code: `dns_failed`, `connect_refused`, `mitm_handshake_failed`…
+    pub reason: String,
+}
+
+/// What a user can do about a failure, for the codes that need a hint.
+fn failure_hint(reason: &str) -> Option<&'static str> {
+    Some(match reason {
+        "dns_failed" => "the name did not resolve",
+        "connect_refused" => "nothing accepted the connection there",
+        "connect_unreachable" => "the address is unreachable",
+        "connect_timeout" => "connecting timed out (connect_timeout)",
+        "upstream_proxy_failed" => {
+            "the upstream proxy of proxyd's HTTP_PROXY/HTTPS_PROXY/ALL_PROXY failed"
+        }
+        "upstream_tls_failed" => "the TLS handshake with the origin failed",
+        "mitm_handshake_failed" => {
+            "the command's TLS client did not accept proxyd's CA: point it at the bundle"
+        }
+        "mitm_ca_scope" => "the interception CA does not cover this name",
+        _ => return None,
+    })
+}
+
+/// A few lines for stderr: each failed destination once, with its code, a hint and a count,
+/// apart from the blocks. `total` is the number ever recorded, which the ring may not all hold.
+pub fn failed_summary(entries: &[FailedRequest], total: u64) -> Option<String> {
+    if total == 0 {
+        return None;
+    }
+    let mut counts: BTreeMap<(String, &str, &str), usize> = BTreeMap::new();
+    for entry in entries {
+        let target = match entry.host.contains(':') {
+            true => format!("[{}]:{}", entry.host, entry.port),
+            false => format!("{}:{}", entry.host, entry.port),
+        };
+        *counts.entry((target, &entry.reason, &entry.protocol)).or_default() += 1;
+    }
+    let mut out = format!("proxyd: {total} request(s) failed (not blocked by the policy):\n");
+    for ((target, reason, protocol), count) in counts {
+        let times = if count > 1 { format!(" ({count} times)") } else { String::new() };
+        let hint = failure_hint(reason).map(|h| format!(": {h}")).unwrap_or_default();
+        out.push_str(&format!("  {target} {reason} via {protocol}{times}{hint}\n"));
+    }
+    let older = total.saturating_sub(entries.len() as u64);
+    if older > 0 {
+        out.push_str(&format!("  ({older} older not shown)\n"));
+    }
+    Some(out)
+}
+
+/// How a command that could not be started ends, as a shell has it: 127 when there is no
+/// such command, 126 when it cannot be executed; the message for stderr.
+pub fn spawn_failure(program: &str, err: &std::io::Error) -> (u8, String) {
+    match err.kind() {
+        std::io::ErrorKind::NotFound => (127, format!("proxyd: {program}: command not found")),
+        std::io::ErrorKind::PermissionDenied => {
+            (126, format!("proxyd: {program}: permission denied (not executable)"))
+        }
+        _ => (126, format!("proxyd: {program}: cannot execute: {err}")),
+    }
 }
 
 /// Quotes a command line for display and for the decider's `command` (POSIX shell style).
@@ -244,18 +334,56 @@ mod tests {
     fn ca_variables_point_at_the_bundle() {
         let env = ca_env(Path::new("/c/bundle.pem"));
         let keys: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(
-            keys,
-            [
-                "SSL_CERT_FILE",
-                "REQUESTS_CA_BUNDLE",
-                "NODE_EXTRA_CA_CERTS",
-                "PIP_CERT",
-                "GIT_SSL_CAINFO",
-                "CURL_CA_BUNDLE"
-            ]
-        );
+        for key in [
+            "SSL_CERT_FILE",
+            "REQUESTS_CA_BUNDLE",
+            "NODE_EXTRA_CA_CERTS",
+            "PIP_CERT",
+            "GIT_SSL_CAINFO",
+            "CURL_CA_BUNDLE",
+            "npm_config_cafile",
+            "NPM_CONFIG_CAFILE",
+            "CARGO_HTTP_CAINFO",
+            "BUNDLE_SSL_CA_CERT",
+            "AWS_CA_BUNDLE",
+            "HTTPLIB2_CA_CERTS",
+            "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH",
+        ] {
+            assert!(keys.contains(&key), "{key} missing from {keys:?}");
+        }
         assert!(env.iter().all(|(_, v)| v == "/c/bundle.pem"));
+    }
+
+    #[test]
+    fn failures_are_summarised_with_hints() {
+        let entry = |host: &str, reason: &str| FailedRequest {
+            host: host.into(),
+            port: 443,
+            protocol: "http-connect".into(),
+            reason: reason.into(),
+        };
+        assert_eq!(failed_summary(&[], 0), None);
+        let summary = failed_summary(
+            &[entry("a.test", "dns_failed"), entry("a.test", "dns_failed"), entry("::1", "x")],
+            4,
+        )
+        .expect("summary");
+        assert_eq!(
+            summary,
+            "proxyd: 4 request(s) failed (not blocked by the policy):\n  \
+             [::1]:443 x via http-connect\n  \
+             a.test:443 dns_failed via http-connect (2 times): the name did not resolve\n  \
+             (1 older not shown)\n"
+        );
+    }
+
+    #[test]
+    fn spawn_failures_exit_like_a_shell() {
+        let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
+        assert_eq!(spawn_failure("nope", &missing).0, 127);
+        assert!(spawn_failure("nope", &missing).1.contains("nope: command not found"));
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        assert_eq!(spawn_failure("x", &denied).0, 126);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! [`Recorder`] (blocked log, metrics, observer), the engine's [`EventSink`], built before the
 //! engine and handed to it.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -17,11 +18,16 @@ use proxyd_net::{Connections, Engine, Event, EventSink, Outcome};
 use proxyd_policy::Mode;
 use tokio::sync::mpsc;
 
+use crate::exec::FailedRequest;
 use crate::metrics::Metrics;
 
 /// Blocked requests waiting for the observer; beyond this, new ones are dropped for it (the
 /// blocked log still has them), so a slow observer never delays a request.
 const OBSERVER_QUEUE: usize = 1024;
+
+/// Failed requests (not policy blocks) kept for `proxyd exec`'s summary; older ones are
+/// dropped, and only counted.
+const FAILURE_RING: usize = 32;
 
 /// A blocked-request observer (SPEC §9).
 pub(crate) type BlockedObserver = Arc<dyn Fn(&BlockedEntry) + Send + Sync>;
@@ -31,6 +37,8 @@ pub(crate) struct Recorder {
     pub(crate) blocked: BlockedLog,
     pub(crate) metrics: Metrics,
     observer: Option<mpsc::Sender<BlockedEntry>>,
+    /// The most recent failures that are not policy decisions, and how many there were.
+    failures: std::sync::Mutex<(VecDeque<FailedRequest>, u64)>,
 }
 
 impl Recorder {
@@ -44,7 +52,37 @@ impl Recorder {
             });
             tx
         });
-        Recorder { blocked: BlockedLog::new(blocked_log_size), metrics: Metrics::new(), observer }
+        Recorder {
+            blocked: BlockedLog::new(blocked_log_size),
+            metrics: Metrics::new(),
+            observer,
+            failures: std::sync::Mutex::new((VecDeque::new(), 0)),
+        }
+    }
+
+    /// The most recent failures, oldest first, and how many were recorded since start.
+    pub(crate) fn failures(&self) -> (Vec<FailedRequest>, u64) {
+        let failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        (failures.0.iter().cloned().collect(), failures.1)
+    }
+
+    fn record_failure(&self, event: &Event, code: &str) {
+        // The client hanging up is its own doing, not something to diagnose.
+        if code == "client_gone" {
+            return;
+        }
+        let entry = FailedRequest {
+            host: event.host.clone(),
+            port: event.port,
+            protocol: event.protocol.as_str().to_owned(),
+            reason: code.to_owned(),
+        };
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        if failures.0.len() == FAILURE_RING {
+            failures.0.pop_front();
+        }
+        failures.0.push_back(entry);
+        failures.1 += 1;
     }
 }
 
@@ -140,6 +178,9 @@ impl Live {
         // applies. Lists and mode change in one step, and every live exchange the result
         // refuses is revoked before this returns.
         let pinned = self.mode_pinned.load(Ordering::SeqCst);
+        let mode_change = (new.mode != old.mode && !pinned)
+            .then(|| format!("{} -> {}", old.mode.as_str(), new.mode.as_str()));
+        let changes = describe_changes(old, &new, mode_change.as_deref());
         match new.mode != old.mode && !pinned {
             true => self.engine.set(new.policy(), new.mode),
             false => self.engine.set_policy(new.policy()),
@@ -155,8 +196,40 @@ impl Live {
         }
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
         self.recorder.metrics.reload("ok");
-        tracing::info!(pending_restart = ?pending, "config reloaded");
+        tracing::info!(pending_restart = ?pending, changes = %changes, "config reloaded: {changes}");
         Ok(pending)
+    }
+}
+
+/// What a reload changed, in one line: the allow and deny entries added and removed, and the
+/// mode when it switched; `no policy change` when neither did.
+fn describe_changes(old: &Config, new: &Config, mode: Option<&str>) -> String {
+    fn diff<'a>(old: &'a [String], new: &'a [String]) -> (Vec<&'a str>, Vec<&'a str>) {
+        let added = new.iter().filter(|e| !old.contains(e)).map(String::as_str).collect();
+        let removed = old.iter().filter(|e| !new.contains(e)).map(String::as_str).collect();
+        (added, removed)
+    }
+    let mut parts = Vec::new();
+    for (list, (added, removed)) in [
+        ("allowed_domains", diff(old.allowed_domains(), new.allowed_domains())),
+        ("denied_domains", diff(old.denied_domains(), new.denied_domains())),
+    ] {
+        if !added.is_empty() {
+            parts.push(format!("{list} +[{}]", added.join(", ")));
+        }
+        if !removed.is_empty() {
+            parts.push(format!("{list} -[{}]", removed.join(", ")));
+        }
+    }
+    if old.rules.len() != new.rules.len() {
+        parts.push(format!("rules {} -> {}", old.rules.len(), new.rules.len()));
+    }
+    if let Some(mode) = mode {
+        parts.push(format!("mode {mode}"));
+    }
+    match parts.is_empty() {
+        true => "no policy change".to_owned(),
+        false => parts.join("; "),
     }
 }
 
@@ -200,7 +273,11 @@ fn pending_restart(old: &Config, new: &Config) -> Vec<String> {
 impl EventSink for Recorder {
     fn record(&self, event: &Event) {
         self.metrics.observe(event);
-        let Outcome::Blocked(reason) = &event.outcome else { return };
+        let reason = match &event.outcome {
+            Outcome::Blocked(reason) => reason,
+            Outcome::Failed(code) => return self.record_failure(event, code),
+            Outcome::Allowed => return,
+        };
         let entry = BlockedEntry {
             id: 0,
             timestamp: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
@@ -281,7 +358,17 @@ impl Control for Live {
     }
 
     fn reload(&self) -> BoxFuture<'_, Result<Vec<String>, ReloadError>> {
-        Box::pin(async move { self.reload_now() })
+        Box::pin(async move {
+            let result = self.reload_now();
+            if let Err(err) = &result {
+                // Display, one readable line: the file, the line and what is wrong.
+                tracing::error!(
+                    error = %err,
+                    "admin api: reload refused; the running config stays in force: {err}"
+                );
+            }
+            result
+        })
     }
 
     fn pending(&self) -> Vec<PendingQuestion> {
@@ -332,5 +419,28 @@ impl Control for Live {
             })
             .collect();
         self.recorder.metrics.render(self.engine.mode(), &active)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(toml: &str) -> Config {
+        Config::from_toml_str(toml, "test.toml").expect("valid config")
+    }
+
+    #[test]
+    fn a_reload_names_what_changed() {
+        let old = config("[network]\nallowed_domains = [\"a.test\", \"b.test\"]\n");
+        let new = config(
+            "[network]\nallowed_domains = [\"b.test\", \"c.test\"]\ndenied_domains = [\"x.test\"]\n",
+        );
+        assert_eq!(
+            describe_changes(&old, &new, Some("full -> limited")),
+            "allowed_domains +[c.test]; allowed_domains -[a.test]; denied_domains +[x.test]; \
+             mode full -> limited"
+        );
+        assert_eq!(describe_changes(&old, &old, None), "no policy change");
     }
 }

@@ -51,8 +51,9 @@ enum Command {
         /// allow once, allow always for this run, or deny.
         #[arg(long)]
         ask: bool,
-        /// The command and its arguments (after `--`).
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        /// The command and its arguments (after `--`; proxyd's own options come before it,
+        /// and an unknown one is refused rather than taken for the command).
+        #[arg(trailing_var_arg = true, required = true, value_name = "COMMAND")]
         command: Vec<String>,
     },
     /// The interception CA of limited-mode HTTPS (`network.mitm = true`).
@@ -103,10 +104,7 @@ fn main() -> ExitCode {
     let config = match Config::load(&sources) {
         Ok(config) => config,
         Err(errors) => {
-            eprintln!("proxyd: invalid configuration ({} error(s)):", errors.len());
-            for error in errors.iter() {
-                eprintln!("  {error}");
-            }
+            report_config_errors(cli.log_format, &errors);
             return ExitCode::from(2);
         }
     };
@@ -144,6 +142,70 @@ fn main() -> ExitCode {
             eprintln!("proxyd: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Config errors at start: a readable list, or with `--log-format json` one error event per
+/// error naming its file and line, for a supervisor that parses the log.
+fn report_config_errors(format: LogFormat, errors: &proxyd::ConfigErrors) {
+    match format {
+        LogFormat::Text => {
+            eprintln!("proxyd: invalid configuration ({} error(s)):", errors.len());
+            for error in errors.iter() {
+                eprintln!("  {error}");
+            }
+        }
+        LogFormat::Json => {
+            for error in errors.iter() {
+                let (file, line) = match &error.location {
+                    proxyd_config::Location::File(path) => (Some(path.display()), None),
+                    proxyd_config::Location::Line(path, line) => {
+                        (Some(path.display()), Some(*line))
+                    }
+                    _ => (None, None),
+                };
+                tracing::error!(
+                    file = file.map(tracing::field::display),
+                    line,
+                    location = %error.location,
+                    "invalid configuration: {}",
+                    error.kind
+                );
+            }
+        }
+    }
+}
+
+/// The start-up summary of a long-running proxyd: the files read, the mode, the lists' sizes;
+/// and a warning when nothing can pass.
+fn log_config_summary(sources: &Sources, config: &Config) {
+    let files: Vec<String> = sources
+        .system
+        .iter()
+        .chain(&sources.user)
+        .chain(&sources.files)
+        .filter(|path| path.is_file())
+        .map(|path| path.display().to_string())
+        .collect();
+    let files = match files.is_empty() {
+        true => "none (built-in defaults)".to_owned(),
+        false => files.join(", "),
+    };
+    tracing::info!(
+        files = %files,
+        overrides = sources.overrides.len(),
+        mode = config.mode.as_str(),
+        allowed = config.allowed_domains().len(),
+        denied = config.denied_domains().len(),
+        rules = config.rules.len(),
+        "config: {files}; mode {}, {} allowed, {} denied, {} rule(s)",
+        config.mode.as_str(),
+        config.allowed_domains().len(),
+        config.denied_domains().len(),
+        config.rules.len(),
+    );
+    if config.allowed_domains().is_empty() && !config.on_miss_ask {
+        tracing::warn!("the allowlist is empty: nothing can pass: add entries to allowed_domains");
     }
 }
 
@@ -226,6 +288,7 @@ async fn serve(sources: Sources, config: Config, sighup_reload: bool) -> anyhow:
             "network.credentials are brokered by `proxyd exec` only: a long-running proxyd ignores them"
         );
     }
+    log_config_summary(&sources, &config);
     let ca_dir = config.ca_dir.clone();
     let proxy = NetworkProxy::builder().config(config).sources(sources).build().await?;
     // Clients of a long-running proxyd read the CA here; it changes at every start.
@@ -240,15 +303,17 @@ async fn serve(sources: Sources, config: Config, sighup_reload: bool) -> anyhow:
             tracing::warn!("sighup ignored: started with --no-sighup-reload");
             continue;
         }
+        // The reload itself logs what changed.
         match handle.reload().await {
             Ok(pending) if pending.is_empty() => tracing::info!("sighup: config reloaded"),
             Ok(pending) => tracing::warn!(
                 ?pending,
                 "sighup: config reloaded; these keys apply at the next restart"
             ),
+            // Display, one readable line: the file, the line and what is wrong.
             Err(err) => tracing::error!(
                 error = %err,
-                "sighup: reload refused; the running config stays in force"
+                "sighup: reload refused; the running config stays in force: {err}"
             ),
         }
     }
@@ -302,7 +367,10 @@ async fn exec(config: Config, command: Vec<String>, ask: bool) -> anyhow::Result
     let mut env = proxyd::exec::proxy_env(http, handle.socks_addr(), allow_local_binding, |k| {
         std::env::var(k).ok()
     });
-    env.extend(bundle.as_deref().map(proxyd::exec::ca_env).unwrap_or_default());
+    if let Some(bundle) = &bundle {
+        env.extend(proxyd::exec::ca_env(bundle));
+        eprint!("{}", proxyd::exec::interception_notice(bundle));
+    }
     env.extend(credential_env);
     // Tools that take a resolver address can use the DNS service; nothing else can be pointed
     // at it without root (README "DNS service").
@@ -313,29 +381,42 @@ async fn exec(config: Config, command: Vec<String>, ask: bool) -> anyhow::Result
         .args(&command[1..])
         .envs(env)
         .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {}", command[0]));
+        .spawn();
     let status = match spawned {
-        Ok(child) => wait_child(child, &mut signals).await,
-        Err(err) => Err(err),
+        Ok(child) => wait_child(child, &mut signals).await.map(Ok),
+        // Like a shell: 127 for no such command, 126 for one that cannot be executed.
+        Err(err) => Ok(Err(proxyd::exec::spawn_failure(&command[0], &err))),
     };
     if let Some(bundle) = &bundle {
         let _ = std::fs::remove_file(bundle);
     }
-    let status = status?;
+    let code = match status? {
+        Ok(status) => exit_code(status),
+        Err((code, message)) => {
+            eprintln!("{message}");
+            code
+        }
+    };
     if let Some(summary) = proxyd::exec::blocked_summary(&handle.blocked(), handle.blocked_total())
     {
         eprint!("{summary}");
     }
+    let (failures, failed_total) = handle.failures();
+    if let Some(summary) = proxyd::exec::failed_summary(&failures, failed_total) {
+        eprint!("{summary}");
+    }
     handle.shutdown().await?;
-    let code = match status.code() {
-        Some(code) => u8::try_from(code).unwrap_or(1),
-        None => {
-            use std::os::unix::process::ExitStatusExt as _;
-            128u8.saturating_add(u8::try_from(status.signal().unwrap_or(0)).unwrap_or(0))
-        }
-    };
     Ok(ExitCode::from(code))
+}
+
+/// The command's exit code, or 128 + the signal that killed it, as a shell reports it.
+fn exit_code(status: std::process::ExitStatus) -> u8 {
+    use std::os::unix::process::ExitStatusExt as _;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => u8::try_from(code).unwrap_or(1),
+        (None, Some(signal)) => 128u8.saturating_add(u8::try_from(signal).unwrap_or(0)),
+        (None, None) => 1,
+    }
 }
 
 /// The placeholders `proxyd exec` gives the command for `[[network.credentials]]`, and the
@@ -369,37 +450,89 @@ fn brokered_credentials(
     Ok((broker, env))
 }
 
+/// How long `proxyd exec` waits for the command after passing it SIGINT, SIGTERM or SIGQUIT
+/// before it kills it.
+const EXEC_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Waits for `proxyd exec`'s child, ignoring SIGHUP (the confined command can send it: it
-/// must not be a way to change the policy) and passing SIGTERM on as a kill.
+/// must not be a way to change the policy) and passing SIGINT, SIGTERM and SIGQUIT on, as a
+/// wrapper does: the command's own handlers run, and it is killed only if it has not exited
+/// [`EXEC_STOP_GRACE`] after the first of them.
 async fn wait_child(
     mut child: tokio::process::Child,
     signals: &mut Signals,
 ) -> anyhow::Result<std::process::ExitStatus> {
+    let mut deadline: Option<tokio::time::Instant> = None;
     loop {
+        let grace = async {
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             status = child.wait() => return status.context("waiting for the command"),
-            signal = signals.wait() => match signal {
-                Signal::Hangup => {
-                    tracing::warn!("sighup ignored: proxyd exec reads its config once");
+            () = grace => {
+                tracing::warn!(
+                    "the command did not exit within {EXEC_STOP_GRACE:?} of the signal: killing it"
+                );
+                let _ = child.start_kill();
+                deadline = None;
+            }
+            signal = signals.wait() => {
+                let forward = match signal {
+                    Signal::Hangup => {
+                        tracing::warn!("sighup ignored: proxyd exec reads its config once");
+                        continue;
+                    }
+                    // Ctrl-C on the terminal reaches the command too (same foreground process
+                    // group): passing it on again would look like a second Ctrl-C.
+                    Signal::Stop(StopSignal::Int) if in_terminal_foreground() => None,
+                    Signal::Stop(StopSignal::Int) => Some(rustix::process::Signal::INT),
+                    Signal::Stop(StopSignal::Term) => Some(rustix::process::Signal::TERM),
+                    Signal::Stop(StopSignal::Quit) => Some(rustix::process::Signal::QUIT),
+                };
+                let pid = child.id().and_then(|id| i32::try_from(id).ok()).and_then(rustix::process::Pid::from_raw);
+                if let (Some(signal), Some(pid)) = (forward, pid) {
+                    let _ = rustix::process::kill_process(pid, signal);
+                    deadline.get_or_insert_with(|| tokio::time::Instant::now() + EXEC_STOP_GRACE);
                 }
-                // The terminal sends SIGINT to the child too; SIGTERM is passed on as a kill.
-                Signal::Stop => {
-                    let _ = child.start_kill();
-                }
-            },
+            }
         }
     }
 }
 
-enum Signal {
-    Hangup,
-    Stop,
+/// Whether proxyd is in its terminal's foreground process group, where the terminal's
+/// SIGINT reaches the command as well (Linux: `/proc/self/stat`; elsewhere: no).
+fn in_terminal_foreground() -> bool {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return false };
+    // `pid (comm) state ppid pgrp session tty_nr tpgid …`; comm may hold spaces and parens.
+    let Some((_, rest)) = stat.rsplit_once(')') else { return false };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let (Some(pgrp), Some(tty), Some(tpgid)) = (fields.get(2), fields.get(4), fields.get(5)) else {
+        return false;
+    };
+    *tty != "0" && pgrp == tpgid
 }
 
-/// The handlers for SIGINT, SIGTERM and SIGHUP, registered from [`Signals::install`] on.
+enum Signal {
+    Hangup,
+    Stop(StopSignal),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum StopSignal {
+    Int,
+    Term,
+    Quit,
+}
+
+/// The handlers for SIGINT, SIGTERM, SIGQUIT and SIGHUP, registered from [`Signals::install`]
+/// on.
 struct Signals {
     int: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
 }
 
@@ -409,6 +542,7 @@ impl Signals {
         Ok(Signals {
             int: signal(SignalKind::interrupt()).context("installing the sigint handler")?,
             term: signal(SignalKind::terminate()).context("installing the sigterm handler")?,
+            quit: signal(SignalKind::quit()).context("installing the sigquit handler")?,
             hup: signal(SignalKind::hangup()).context("installing the sighup handler")?,
         })
     }
@@ -416,8 +550,9 @@ impl Signals {
     /// Waits for the next signal.
     async fn wait(&mut self) -> Signal {
         tokio::select! {
-            _ = self.int.recv() => Signal::Stop,
-            _ = self.term.recv() => Signal::Stop,
+            _ = self.int.recv() => Signal::Stop(StopSignal::Int),
+            _ = self.term.recv() => Signal::Stop(StopSignal::Term),
+            _ = self.quit.recv() => Signal::Stop(StopSignal::Quit),
             _ = self.hup.recv() => Signal::Hangup,
         }
     }

@@ -188,7 +188,7 @@ impl NetworkProxyBuilder {
         own.extend(dns.as_ref().map(|d| d.2));
         own.extend(admin.as_ref().map(|a| a.1));
         own.extend(socks.as_ref().map(|s| s.1));
-        dialer.set_own_listeners(own);
+        dialer.set_own_listeners(own.clone());
 
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         // Made whatever the mode, as the mode can switch to limited at runtime. The name
@@ -230,7 +230,7 @@ impl NetworkProxyBuilder {
         let tls =
             proxyd_http_proxy::client_config(provider, extra_ca.as_deref()).map_err(Error::Tls)?;
         let upstream = match config.allow_upstream_proxy {
-            true => UpstreamProxies::from_env(|name| std::env::var(name).ok()),
+            true => UpstreamProxies::from_env_except(|name| std::env::var(name).ok(), &own),
             false => UpstreamProxies::default(),
         };
         let http_proxy = HttpProxy::new(
@@ -520,6 +520,13 @@ impl NetworkProxyHandle {
     /// How many requests were blocked since start, including those the bounded log dropped.
     pub fn blocked_total(&self) -> u64 {
         self.run.as_ref().map(|run| run.live.recorder.blocked.total()).unwrap_or_default()
+    }
+
+    /// The most recent requests that failed for reasons other than the policy (DNS, refused
+    /// connections, interception handshakes, the upstream proxy), oldest first, and how many
+    /// failed since start (the bounded list may not hold them all).
+    pub fn failures(&self) -> (Vec<crate::exec::FailedRequest>, u64) {
+        self.run.as_ref().map(|run| run.live.recorder.failures()).unwrap_or_default()
     }
 
     /// The one shutdown (SPEC §7.5): every listener stops accepting, every connection,

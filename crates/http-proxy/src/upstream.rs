@@ -4,7 +4,7 @@
 //! resolved addresses (SPEC §5.2) cannot: the upstream proxy resolves the name, not proxyd.
 //! Local targets (local IP literals and `localhost` names) never go upstream.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use http::HeaderValue;
 use ipnet::IpNet;
@@ -39,13 +39,34 @@ impl UpstreamProxies {
     /// Reads `HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY` and `NO_PROXY` (lower-case first, as curl
     /// does). Entries that are not `http://` proxies are skipped with a warning.
     pub fn from_env(get: impl Fn(&str) -> Option<String>) -> UpstreamProxies {
+        UpstreamProxies::from_env_except(get, &[])
+    }
+
+    /// [`UpstreamProxies::from_env`], ignoring (with one warning each) a variable that names
+    /// one of `own`, proxyd's own listeners: proxyd started in a shell whose proxy variables
+    /// point at itself would otherwise fail every request. A loopback address or `localhost`
+    /// name with the port of a loopback or unspecified listener counts.
+    pub fn from_env_except(
+        get: impl Fn(&str) -> Option<String>,
+        own: &[SocketAddr],
+    ) -> UpstreamProxies {
         let var = |name: &str| {
             get(&name.to_ascii_lowercase()).or_else(|| get(name)).filter(|v| !v.trim().is_empty())
         };
         let endpoint = |name: &str| {
             let value = var(name)?;
             match parse_proxy_url(&value) {
-                Ok(endpoint) => Some(endpoint),
+                Ok(endpoint) => match names_own_listener(&endpoint.target, own) {
+                    Some(listener) => {
+                        tracing::warn!(
+                            variable = name,
+                            "ignoring the upstream proxy {name}={value}: it names proxyd's own \
+                             listener {listener} (proxyd would proxy to itself)"
+                        );
+                        None
+                    }
+                    None => Some(endpoint),
+                },
                 Err(why) => {
                     tracing::warn!(variable = name, "ignoring the upstream proxy: {why}");
                     None
@@ -79,6 +100,20 @@ impl UpstreamProxies {
             false => self.http.as_ref(),
         }
     }
+}
+
+/// The listener of `own` that `target` names, without DNS: the same address and port, or a
+/// loopback address (a `localhost` name included) and the port of a loopback or unspecified
+/// listener.
+fn names_own_listener(target: &Target, own: &[SocketAddr]) -> Option<SocketAddr> {
+    let addrs = target.host.fixed_addrs()?;
+    own.iter().copied().find(|listener| {
+        let ip = listener.ip();
+        listener.port() == target.port
+            && addrs.iter().any(|addr| {
+                *addr == ip || (addr.is_loopback() && (ip.is_loopback() || ip.is_unspecified()))
+            })
+    })
 }
 
 /// Parses `http://[user:pass@]host:port[/]` (the scheme may be omitted).
@@ -301,6 +336,42 @@ mod tests {
         assert_eq!(via(false, "127.0.0.1"), None);
         assert_eq!(via(false, "[::1]"), None);
         assert_eq!(via(false, "10.1.1.1"), None);
+    }
+
+    #[test]
+    fn a_variable_naming_an_own_listener_is_ignored() {
+        let own: Vec<SocketAddr> = ["127.0.0.1:3128", "0.0.0.0:8081", "[::1]:9000", "10.0.0.9:7"]
+            .iter()
+            .map(|a| a.parse().expect("addr"))
+            .collect();
+        for (proxy, ignored) in [
+            ("http://127.0.0.1:3128", true),
+            ("http://localhost:3128", true),
+            ("http://LOCALHOST:3128/", true),
+            ("http://a.localhost:3128", true),
+            ("http://127.0.0.2:3128", true),
+            ("http://[::1]:3128", true),
+            ("http://127.0.0.1:8081", true),
+            ("http://localhost:9000", true),
+            ("http://10.0.0.9:7", true),
+            ("http://127.0.0.1:3129", false),
+            ("http://10.0.0.9:3128", false),
+            ("http://10.0.0.8:7", false),
+            ("http://proxy.corp:3128", false),
+        ] {
+            let endpoint = parse_proxy_url(proxy).expect("parses");
+            assert_eq!(names_own_listener(&endpoint.target, &own).is_some(), ignored, "{proxy}");
+        }
+        let get = |name: &str| match name {
+            "HTTP_PROXY" => Some("http://localhost:3128".to_owned()),
+            "ALL_PROXY" => Some("http://10.0.0.3:1".to_owned()),
+            _ => None,
+        };
+        let proxies = UpstreamProxies::from_env_except(get, &own);
+        // HTTP_PROXY is ignored, so ALL_PROXY is the fallback for http too.
+        assert_eq!(proxies.for_target(false, &target("a.com")).map(|p| p.target.port), Some(1));
+        let proxies = UpstreamProxies::from_env(get);
+        assert_eq!(proxies.for_target(false, &target("a.com")).map(|p| p.target.port), Some(3128));
     }
 
     #[test]

@@ -22,3 +22,4 @@ mod reload;
 mod review;
 mod rules;
 mod support;
+mod ux;
