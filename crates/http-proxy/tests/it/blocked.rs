@@ -100,12 +100,10 @@ async fn name_resolving_to_loopback_is_not_allowed_local() -> anyhow::Result<()>
     let proxy = proxy().allow_local_binding(false).allow(&["rebind.test"]).start().await?;
     let port = canary.addr().port();
     let response = proxy.send(get(&format!("http://rebind.test:{port}/"))).await?;
-    assert_blocked(
-        &response,
-        403,
-        Some("blocked-by-allowlist"),
-        not_allowed_local("rebind.test", port),
-    );
+    // Issue 17: the body names what the name resolved to, and the entry that would allow it.
+    let mut expected = not_allowed_local("rebind.test", port);
+    expected["detail"] = "rebind.test resolved to 127.0.0.1: local or private; to allow it, add \"127.0.0.1\" to allowed_domains (or a range that contains it), or set allow_local_binding = true".into();
+    assert_blocked(&response, 403, Some("blocked-by-allowlist"), expected);
     canary.assert_untouched();
     assert_eq!(proxy.resolver.lookups("rebind.test"), 1);
     assert_eq!(proxy.outcomes(), [(Protocol::Http, Outcome::Blocked(Reason::NotAllowedLocal))]);
