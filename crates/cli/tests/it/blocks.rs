@@ -51,3 +51,22 @@ async fn limited_mode_without_mitm_says_how_reads_get_through() -> anyhow::Resul
     ensure!(text.contains("mitm = true"), "{text}");
     Ok(())
 }
+
+/// The README's first command runs with `examples/proxyd.toml`: the file loads, and it allows
+/// the hosts the README's client examples reach.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_config_loads_and_allows_the_readme_examples() -> anyhow::Result<()> {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/proxyd.toml");
+    let text = std::fs::read_to_string(example).context("read the example config")?;
+    let config = proxyd::Config::from_toml_str(&text, example)
+        .map_err(|e| anyhow::anyhow!("the example config does not load:\n{e}"))?;
+    let policy = config.policy();
+    for authority in ["pypi.example:443", "git.example.org:443", "localhost:8000"] {
+        let target = proxyd_policy::Target::parse_authority(authority, None)?;
+        ensure!(
+            policy.allowed.matches(&target).is_some(),
+            "{authority} is not allowed by {example}"
+        );
+    }
+    Ok(())
+}
