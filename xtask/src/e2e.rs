@@ -3,14 +3,16 @@
 //! Each scenario gets the path of the release binary, starts it with its own temporary config
 //! on ephemeral loopback ports, and asserts what a client sees (status codes, `x-proxy-error`,
 //! SOCKS5 replies) and that a canary listener was never reached for blocked cases. The clients
-//! are curl, Python's `urllib`, `git` and `pip`; the bypass suite writes raw bytes. Adding a
-//! scenario is one entry in [`scenarios`].
+//! are curl, Python's `urllib`, `git` and `pip`, and under `proxyd exec` pip, curl, npm and cargo
+//! against local package registries; the bypass suite writes raw bytes. Adding a scenario is one
+//! entry in [`scenarios`].
 
 mod allowed;
 mod blocked;
 mod bypass;
 mod clients;
 mod control;
+mod exec;
 mod fixtures;
 mod proxyd;
 mod servers;
@@ -64,7 +66,7 @@ impl Scenario {
 
 /// Every end-to-end scenario, run in order.
 fn scenarios() -> Vec<Scenario> {
-    let client_scenarios: [(&str, ScenarioFn); 14] = [
+    let client_scenarios: [(&str, ScenarioFn); 18] = [
         ("allowlisted: curl -x absolute-form", allowed::curl_absolute_form),
         ("allowlisted: curl --proxy-header", allowed::curl_proxy_header),
         ("allowlisted: curl https via CONNECT, test CA", allowed::curl_https_connect),
@@ -79,6 +81,10 @@ fn scenarios() -> Vec<Scenario> {
         ("limited mode", blocked::limited_mode),
         ("admin mode switch and reload", control::admin_mode_and_reload),
         ("SIGTERM drain", control::sigterm_drain),
+        ("proxyd exec: pip download, full and limited+mitm", exec::pip),
+        ("proxyd exec: curl, full and limited+mitm (POST refused)", exec::curl),
+        ("proxyd exec: npm install, full and limited+mitm (npm publish refused)", exec::npm),
+        ("proxyd exec: cargo fetch, full and limited+mitm (cargo publish refused)", exec::cargo),
     ];
     let mut all: Vec<Scenario> =
         client_scenarios.into_iter().map(|(name, run)| Scenario::new(name, TIMEOUT, run)).collect();
@@ -90,7 +96,13 @@ pub(crate) fn run() -> Result<()> {
     let env = Env { proxyd: build_proxyd()? };
     println!("e2e: binary {}", env.proxyd.display());
     let start = Instant::now();
-    let summary = run_scenarios(Arc::new(env), &scenarios());
+    let mut scenarios = scenarios();
+    // `PROXYD_E2E_ONLY=TEXT` runs only the scenarios whose name contains TEXT (for development).
+    if let Some(only) = std::env::var("PROXYD_E2E_ONLY").ok().filter(|only| !only.is_empty()) {
+        scenarios.retain(|scenario| scenario.name.contains(&only));
+        println!("e2e: PROXYD_E2E_ONLY={only:?}: {} scenario(s)", scenarios.len());
+    }
+    let summary = run_scenarios(Arc::new(env), &scenarios);
     support::kill_leftovers();
     println!("e2e: {:.1}s", start.elapsed().as_secs_f64());
     println!("{} passed, {} failed", summary.passed, summary.failed);

@@ -1,6 +1,7 @@
 //! The real clients: `curl`, Python's `urllib` with proxy environment variables, `git clone`
 //! and `pip download`, each run with a clean proxy environment and a deadline.
 
+use std::ffi::OsString;
 use std::path::Path;
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use super::fixtures::{PACKAGE, git};
 use super::support::{Output, TempDir, client, run};
 
 /// Deadline of one client run (the clients' own timeouts are shorter).
-const CLIENT_BOUND: Duration = Duration::from_secs(30);
+pub(crate) const CLIENT_BOUND: Duration = Duration::from_secs(30);
 
 /// The headers of one response head curl received.
 #[derive(Debug)]
@@ -109,13 +110,27 @@ impl Curl {
 
 /// Runs `curl ARGS...` (no `.curlrc`, no proxy variables) and collects what it received.
 pub(crate) fn curl(args: &[&str]) -> Result<Curl> {
+    curl_through(args, |curl_args| {
+        let mut cmd = client("curl");
+        cmd.args(curl_args);
+        run(cmd, CLIENT_BOUND)
+    })
+}
+
+/// Like [`curl`], but `runner` runs curl with the arguments it is given (e.g. under `proxyd
+/// exec`); curl's own stderr is whatever `runner` returns as stderr.
+pub(crate) fn curl_through(
+    args: &[&str],
+    runner: impl FnOnce(&[OsString]) -> Result<Output>,
+) -> Result<Curl> {
     let dir = TempDir::new("curl")?;
     let (head_file, body_file) = (dir.join("head"), dir.join("body"));
-    let mut cmd = client("curl");
     // `-q` must come first: it skips any .curlrc.
-    cmd.args(["-q", "-sS", "--max-time", "10", "-w", "%{json}", "-D"]);
-    cmd.arg(&head_file).arg("-o").arg(&body_file).args(args);
-    let output = run(cmd, CLIENT_BOUND)?;
+    let mut curl_args: Vec<OsString> =
+        ["-q", "-sS", "--max-time", "10", "-w", "%{json}", "-D"].map(OsString::from).into();
+    curl_args.extend([head_file.clone().into(), "-o".into(), body_file.clone().into()]);
+    curl_args.extend(args.iter().map(OsString::from));
+    let output = runner(&curl_args)?;
     let stats: Value = serde_json::from_str(&output.stdout).with_context(|| {
         format!("curl {args:?} printed {:?}, stderr {:?}", output.stdout, output.stderr)
     })?;

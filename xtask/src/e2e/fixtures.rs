@@ -65,7 +65,7 @@ with open(os.path.join(root, "simple", project, "index.html"), "w") as index:
     index.write(f'<!DOCTYPE html><html><body><a href="../../packages/{wheel}#sha256={sha}">{wheel}</a></body></html>\n')
 "#;
 
-/// A CA and a leaf for `localhost` and `127.0.0.1` signed by it.
+/// A CA and a leaf signed by it, for `localhost`, `127.0.0.1` and any other names asked for.
 pub(crate) struct TestCa {
     pub(crate) ca: PathBuf,
     pub(crate) cert: PathBuf,
@@ -74,14 +74,22 @@ pub(crate) struct TestCa {
 
 impl TestCa {
     pub(crate) fn generate(dir: &Path) -> Result<TestCa> {
+        TestCa::generate_for(dir, &[])
+    }
+
+    /// The leaf also names each of `names` (DNS names).
+    pub(crate) fn generate_for(dir: &Path, names: &[&str]) -> Result<TestCa> {
         let path = |name: &str| dir.join(name);
         let ext = path("leaf.ext");
+        let extra: String = names.iter().map(|name| format!(", DNS:{name}")).collect();
         std::fs::write(
             &ext,
-            "basicConstraints = critical, CA:FALSE\n\
-             keyUsage = critical, digitalSignature\n\
-             extendedKeyUsage = serverAuth\n\
-             subjectAltName = DNS:localhost, IP:127.0.0.1\n",
+            format!(
+                "basicConstraints = critical, CA:FALSE\n\
+                 keyUsage = critical, digitalSignature\n\
+                 extendedKeyUsage = serverAuth\n\
+                 subjectAltName = DNS:localhost{extra}, IP:127.0.0.1\n"
+            ),
         )?;
         let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
         let mut ca = client("openssl");
