@@ -278,9 +278,9 @@ impl<'a> User<'a> {
     ///
     /// Workaround: Debian's npm ships a built-in `cafile=/etc/ssl/certs/ca-certificates.crt`,
     /// and a `cafile` replaces Node's roots, `NODE_EXTRA_CA_CERTS` included, so npm would not
-    /// trust proxyd's CA under `mitm`. `npm_config_cafile` is pointed at `SSL_CERT_FILE` (the
-    /// user's roots in full mode, `proxyd exec`'s bundle under `mitm`) until `proxyd exec`
-    /// sets it itself.
+    /// trust the test CA in full mode (no interception: npm talks TLS to the registry itself).
+    /// `npm_config_cafile` is pointed at `SSL_CERT_FILE`, the user's roots; under `mitm`,
+    /// `proxyd exec` sets both to its bundle already, so the wrapper changes nothing there.
     fn npm(&self, cwd: &Path, args: &[&str]) -> Command {
         let mut cmd = self.command(cwd, "sh");
         cmd.args(["-c", "npm_config_cafile=\"$SSL_CERT_FILE\" exec npm \"$@\"", "sh"]);
