@@ -41,9 +41,20 @@ async fn service(upstream: &Upstream, bind: SocketAddr) -> anyhow::Result<Servic
     let resolver = Arc::new(SystemResolver::with_nameservers(&[upstream.addr()]));
     let dialer = Dialer::new(resolver, Duration::from_secs(3), Duration::from_secs(2));
     let engine = Engine::builder(policy, Mode::Full, dialer).lifecycle(Lifecycle::new()).build();
-    let udp = UdpSocket::bind(bind).await.context("bind udp")?;
-    let addr = udp.local_addr()?;
-    let tcp = TcpListener::bind(addr).await.context("bind tcp")?;
+    // With port 0, the kernel's UDP port may be taken for TCP: try another.
+    let mut attempt = 0;
+    let (udp, tcp, addr) = loop {
+        let udp = UdpSocket::bind(bind).await.context("bind udp")?;
+        let addr = udp.local_addr()?;
+        match TcpListener::bind(addr).await {
+            Ok(tcp) => break (udp, tcp, addr),
+            Err(err) if bind.port() == 0 && attempt < 20 => {
+                attempt += 1;
+                let _ = err;
+            }
+            Err(err) => return Err(err).context("bind tcp"),
+        }
+    };
     let server = DnsServer::new(
         engine.clone(),
         Settings { tcp_timeout: Duration::from_secs(5), max_connections: 64 },
