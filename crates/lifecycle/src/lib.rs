@@ -78,10 +78,6 @@ impl Lifecycle {
         self.inner.live.active()
     }
 
-    pub fn is_stopping(&self) -> bool {
-        *self.inner.stopping.borrow()
-    }
-
     /// Resolves when shutdown begins (at once if it has).
     pub fn stopping(&self) -> impl Future<Output = ()> + Send + 'static {
         let mut rx = self.inner.stopping.subscribe();

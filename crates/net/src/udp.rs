@@ -10,7 +10,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use proxyd_policy::{Mode, Protocol, Reason, Target};
+use proxyd_policy::{Protocol, Reason, Target};
 use tokio::net::UdpSocket;
 
 use crate::admission::{Attempt, Facts, Failure, Lease, Refusal};
@@ -120,10 +120,6 @@ impl Association {
     /// The policy and mode generation in force now (for caching refusals).
     pub fn generation(&self) -> u64 {
         self.engine.generation()
-    }
-
-    pub fn mode(&self) -> Mode {
-        self.engine.mode()
     }
 
     /// A datagram from any sender on the relay (the caller admits only its client).
