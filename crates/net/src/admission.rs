@@ -380,9 +380,8 @@ impl Admission {
                     inspected: self.inspected,
                     http,
                 };
-                let verdict = policy.decide(&request);
-                let edits = http.and_then(|facts| rule_edits(&policy, facts));
-                (verdict, edits)
+                let (verdict, rules) = policy.decide_with_rules(&request);
+                (verdict, rules.and_then(|rules| rule_edits(&policy, rules)))
             });
         let consult = match verdict {
             (Verdict::Decided(decision), edits) => {
@@ -835,9 +834,9 @@ fn with_facts<R>(
     }
 }
 
-/// The strip and inject edits of the rule that allows `facts`, with the injected value.
-fn rule_edits(policy: &Policy, facts: &RequestFacts<'_>) -> Option<RuleEdits> {
-    let RuleVerdict::Allowed { rule, strip, inject } = policy.rules.evaluate(facts) else {
+/// The strip and inject edits of the rule that allowed a request, with the injected value.
+fn rule_edits(policy: &Policy, verdict: RuleVerdict<'_>) -> Option<RuleEdits> {
+    let RuleVerdict::Allowed { rule, strip, inject } = verdict else {
         return None;
     };
     let inject = inject.and_then(|injection| {

@@ -331,22 +331,31 @@ pub struct UnixSocketRule {
 impl Policy {
     /// Steps 2–6 of SPEC §6, before any DNS lookup. The target was parsed (step 1) already.
     pub fn decide(&self, request: &Request<'_>) -> Verdict {
+        self.decide_with_rules(request).0
+    }
+
+    /// [`Policy::decide`], with the request rules' own verdict when they were evaluated (an
+    /// HTTP(S) request to a host with rules), so a caller applies the allowing rule's edits
+    /// without evaluating the rules a second time.
+    pub fn decide_with_rules(&self, request: &Request<'_>) -> (Verdict, Option<RuleVerdict<'_>>) {
+        let block = |reason| Verdict::Decided(Decision::Block(reason));
         let target = request.target;
         if !self.enabled {
-            return Verdict::Decided(Decision::Block(Reason::ProxyDisabled));
+            return (block(Reason::ProxyDisabled), None);
         }
         if self.denied.matches(target).is_some() {
-            return Verdict::Decided(Decision::Block(Reason::Denied));
+            return (block(Reason::Denied), None);
         }
         let allowed = self.allowed.matches(target);
         if !self.allow_local_binding
             && target.host.is_local_literal()
             && allowed != Some(MatchKind::Explicit)
         {
-            return Verdict::Decided(Decision::Block(Reason::NotAllowedLocal));
+            return (block(Reason::NotAllowedLocal), None);
         }
-        if let Some(reason) = self.rule_block(request) {
-            return Verdict::Decided(Decision::Block(reason));
+        let rules = self.evaluate_rules(request);
+        if let Some(reason) = self.rule_block(request, rules.as_ref()) {
+            return (block(reason), rules);
         }
         let method_block = request.mode == Mode::Limited
             && method_blocked(
@@ -356,20 +365,31 @@ impl Policy {
                 request.inspected,
             );
         if allowed.is_none() {
-            return Verdict::Consult(Consult { method_block });
+            return (Verdict::Consult(Consult { method_block }), rules);
         }
-        Verdict::Decided(Consult { method_block }.allow())
+        (Verdict::Decided(Consult { method_block }.allow()), rules)
+    }
+
+    /// The request rules' verdict for an HTTP(S) request with its facts to a host with rules.
+    fn evaluate_rules(&self, request: &Request<'_>) -> Option<RuleVerdict<'_>> {
+        let http = matches!(request.protocol, Protocol::Http | Protocol::Https);
+        match request.http {
+            Some(facts) if http && self.rules.has_rules_for(request.target) => {
+                Some(self.rules.evaluate(facts))
+            }
+            _ => None,
+        }
     }
 
     /// The request rules of the target's host: they narrow what the lists allow. An HTTP(S)
     /// request must be allowed by a rule (first match wins; no match denies); a tunnel to a
     /// host with rules must be one the listener inspects; anything else (an opaque tunnel,
     /// SOCKS5 to another port, UDP) is refused, since rules could not see inside it.
-    fn rule_block(&self, request: &Request<'_>) -> Option<Reason> {
+    fn rule_block(&self, request: &Request<'_>, rules: Option<&RuleVerdict<'_>>) -> Option<Reason> {
         if !self.rules.has_rules_for(request.target) {
             return None;
         }
-        match (request.protocol, request.http) {
+        match (request.protocol, rules) {
             // An upgraded stream is not HTTP the rules can read (`h2c` would carry any request
             // past them), and a method-override header would make a read rule pass a write.
             (Protocol::Http | Protocol::Https, _) if request.side_doors.upgrade => {
@@ -380,10 +400,10 @@ impl Policy {
                     "method-override headers are refused on hosts with rules".into(),
                 ))
             }
-            (Protocol::Http | Protocol::Https, Some(facts)) => match self.rules.evaluate(facts) {
+            (Protocol::Http | Protocol::Https, Some(verdict)) => match verdict {
                 RuleVerdict::NoRules | RuleVerdict::Allowed { .. } => None,
-                RuleVerdict::Denied { reason, .. } => Some(reason),
-                RuleVerdict::BadPath(error) => Some(Reason::InvalidPath(error)),
+                RuleVerdict::Denied { reason, .. } => Some(reason.clone()),
+                RuleVerdict::BadPath(error) => Some(Reason::InvalidPath(*error)),
             },
             (Protocol::HttpConnect | Protocol::Socks5, _) if request.inspected => None,
             // Names are not requests: rules apply to what is sent to them.
