@@ -551,7 +551,7 @@ async fn udp_datagrams_after_a_switch_to_limited_are_dropped() -> anyhow::Result
 // 5. An intercepted handshake that times out records no decision.
 
 /// `proxyd_decisions_total` samples for `protocol`, as `(line, count)`.
-fn decisions(metrics: &str, protocol: &str) -> Vec<(String, u64)> {
+pub(crate) fn decisions(metrics: &str, protocol: &str) -> Vec<(String, u64)> {
     let label = format!("protocol=\"{protocol}\"");
     metrics
         .lines()

@@ -34,6 +34,7 @@ use crate::admin_support::{
     CLOSE_WITHIN, Handle, closed_within, connect_head, echo_round_trip, lib_config,
     open_socks_tunnel, open_tunnel, start_lib, write, write_all,
 };
+use crate::admission::decisions;
 use crate::support::{BOUND, network};
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -317,19 +318,6 @@ async fn a_request_decided_before_a_reload_denies_its_host_is_not_sent_after_it(
 
 // ---------------------------------------------------------------------------------------------
 // 4. One datagram, two decision events.
-
-/// `proxyd_decisions_total` samples for `protocol`, as `(line, count)`.
-fn decisions(metrics: &str, protocol: &str) -> Vec<(String, u64)> {
-    let label = format!("protocol=\"{protocol}\"");
-    metrics
-        .lines()
-        .filter(|line| line.starts_with("proxyd_decisions_total{") && line.contains(&label))
-        .map(|line| {
-            let count = line.rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0);
-            (line.to_owned(), count)
-        })
-        .collect()
-}
 
 /// One datagram to `slow.test` on a fresh association; while its name resolves, a reload puts
 /// `slow.test` in `denied_domains`. The route is settled (recorded) as allowed on the old
