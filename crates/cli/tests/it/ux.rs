@@ -93,6 +93,10 @@ async fn signal_exec(signal: &str, script: &str) -> anyhow::Result<Finished> {
     };
     let result = steps.await;
     if result.is_err() {
+        // The whole process group (proxyd and the command, which holds stderr open too), so
+        // the error below is the step that failed and not "stderr not closed".
+        let group = format!("-{pid}");
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status().await;
         let _ = child.start_kill();
     }
     let err = timeout(BOUND, stderr).await.context("stderr not closed")??;
@@ -100,13 +104,13 @@ async fn signal_exec(signal: &str, script: &str) -> anyhow::Result<Finished> {
     Ok(Finished { status, stdout, stderr: err })
 }
 
-/// A trap that reports the signal and exits 7; `sleep` in the background so the shell runs
-/// the trap at once (a foreground `sleep` would delay it), killed by the trap so nothing
-/// holds stdout open.
+/// A trap that reports the signal and exits 7. The shell runs a trap once its foreground
+/// command ends, so it sleeps in short steps: the trap runs within 0.1 s of the signal, and
+/// nothing outlives the shell to hold stdout open. (`sleep 30 & wait` was flaky: a signal
+/// that lands between `echo ready` and the `wait` builtin's suspend is seen only when the
+/// background `sleep` ends.)
 fn trap_script(signal: &str) -> String {
-    format!(
-        "trap 'echo got {signal}; kill $p; exit 7' {signal}; sleep 30 & p=$!; echo ready; wait $p"
-    )
+    format!("trap 'echo got {signal}; exit 7' {signal}; echo ready; while :; do sleep 0.1; done")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
