@@ -168,17 +168,8 @@ pub fn read_cert(ca_dir: &Path) -> anyhow::Result<String> {
 
 /// PEM armour (RFC 7468): base64 in 64-column lines.
 fn pem(label: &str, der: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut b64 = String::with_capacity(der.len().div_ceil(3) * 4);
-    for chunk in der.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
-        for i in 0..4 {
-            match i <= chunk.len() {
-                true => b64.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize])),
-                false => b64.push('='),
-            }
-        }
-    }
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
     let mut out = format!("-----BEGIN {label}-----\n");
     for line in b64.as_bytes().chunks(64) {
         out.push_str(std::str::from_utf8(line).unwrap_or_default());

@@ -12,8 +12,11 @@ use proxyd_net::{BoxFuture, DeciderAnswer, DeciderRequest};
 pub struct NetworkPolicyRequest {
     /// `http`, `https`, `http-connect`, `socks5`, `socks5-udp`.
     pub protocol: String,
+    /// The destination host in canonical form (lowercase name, or an address without brackets).
     pub host: String,
+    /// The destination port.
     pub port: u16,
+    /// The client's address on the listener, when it has one (not for the library's own calls).
     pub client_addr: Option<SocketAddr>,
     /// The HTTP method; `None` for SOCKS5.
     pub method: Option<String>,
@@ -27,9 +30,11 @@ pub struct NetworkPolicyRequest {
 /// The decider's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NetworkDecision {
+    /// Allow the request (local and private destinations are still refused unless allowlisted).
     Allow,
     /// Deny, with a reason that is reported as-is (`x-proxy-error: blocked-by-policy`).
     Deny {
+        /// The reason, reported in the 403 body and the blocked log.
         reason: String,
     },
     /// Ask a person (`GET /pending` and `POST /pending/ID`, or `proxyd exec --ask`'s prompt);
@@ -38,6 +43,7 @@ pub enum NetworkDecision {
 }
 
 impl NetworkDecision {
+    /// A [`NetworkDecision::Deny`] with `reason`.
     pub fn deny(reason: impl Into<String>) -> NetworkDecision {
         NetworkDecision::Deny { reason: reason.into() }
     }
@@ -45,6 +51,7 @@ impl NetworkDecision {
 
 /// An async policy hook. Implemented for every `Fn(NetworkPolicyRequest) -> impl Future`.
 pub trait NetworkPolicyDecider: Send + Sync + 'static {
+    /// Decides one request that the allowlist did not decide (SPEC §9).
     fn decide(&self, request: NetworkPolicyRequest) -> BoxFuture<'static, NetworkDecision>;
 }
 

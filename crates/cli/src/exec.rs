@@ -104,7 +104,9 @@ pub fn interception_notice(bundle: &Path) -> String {
 /// for `proxyd exec`'s summary.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FailedRequest {
+    /// The destination host.
     pub host: String,
+    /// The destination port.
     pub port: u16,
     /// `http`, `http-connect`, `socks5`…
     pub protocol: String,
@@ -239,6 +241,7 @@ pub fn placeholder(real: &str, mut random: impl FnMut() -> u8) -> String {
     out
 }
 
+/// `args` as one line a POSIX shell would split back into the same words (quoted where needed).
 pub fn shell_join(args: &[String]) -> String {
     args.iter()
         .map(|arg| {

@@ -10,6 +10,8 @@
 //! ([`NetworkProxy::ca_cert_pem`]); `ca.rs` writes the certificate and `proxyd exec`'s trust
 //! bundle, never the key.
 
+#![warn(missing_docs)]
+
 pub mod ca;
 mod decider;
 pub mod exec;

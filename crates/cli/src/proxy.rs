@@ -352,6 +352,7 @@ pub struct NetworkProxy {
 }
 
 impl NetworkProxy {
+    /// A builder with nothing set; without a config or sources, `build` uses `Config::default()`.
     pub fn builder() -> NetworkProxyBuilder {
         NetworkProxyBuilder::default()
     }
@@ -555,7 +556,9 @@ pub enum Error {
     Bind {
         /// `http`, `socks5` or `admin`.
         listener: &'static str,
+        /// The address asked for.
         addr: SocketAddr,
+        /// Why binding failed.
         #[source]
         source: std::io::Error,
     },
