@@ -4,11 +4,11 @@
 //!
 //! - `ci`: fmt check, clippy `-D warnings`, `cargo test --workspace`, then `e2e`.
 //! - `e2e`: builds the release `proxyd` binary and drives it with real clients.
-//! - `bench`: proxyd side by side with direct, squid, tinyproxy, dante and microsocks, plus the
+//! - `bench`: runs the `proxyd-bench` harness (`bench/`) in release mode: proxyd side by side
+//!   with direct, squid, tinyproxy, dante and microsocks, plus the
 //!   criterion benchmarks (never part of `ci`: timings are not assertions).
 //! - `tidy`: the repository rules of STYLE.md, also run as a `#[test]` by `cargo test`.
 
-mod bench;
 mod ci;
 mod e2e;
 mod tidy;
@@ -41,7 +41,7 @@ fn main() -> ExitCode {
     let result = match command {
         "ci" => ci::run(),
         "e2e" => e2e::run(),
-        "bench" => bench::run(),
+        "bench" => bench(),
         "tidy" => tidy::run(),
         "help" | "-h" | "--help" => {
             println!("{USAGE}");
@@ -59,6 +59,16 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `cargo xtask bench ARGS`: the harness is its own workspace member (`bench/`, package
+/// `proxyd-bench`) so xtask stays thin; it runs in release mode so the load generator is never
+/// the bottleneck.
+fn bench() -> Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["run", "--release", "--quiet", "-p", "proxyd-bench", "--"])
+        .args(std::env::args().skip(2));
+    run_status(cmd)
 }
 
 fn usage() -> ExitCode {

@@ -59,6 +59,7 @@ const LAYERS: &[(&str, May)] = &[
     (TEST_SUPPORT, May::DependOn(&[POLICY])),
     (CLI, May::DependOnAny),
     ("xtask", May::DependOn(&[])),
+    ("proxyd-bench", May::DependOn(&[])),
 ];
 
 /// One broken rule, naming the package, the dependency (if any) and the rule.
@@ -124,7 +125,27 @@ pub(crate) fn check(metadata: &Value, manifests: &BTreeMap<String, String>) -> R
     check_policy_purity(&graph, &mut report);
     check_layering(&graph, &mut report);
     check_workspace_lints(&graph, manifests, &mut report);
+    check_default_members(metadata, &graph, &mut report)?;
     Ok(report)
+}
+
+/// Every member is a default member, so plain `cargo test` at the root runs every crate's
+/// tests, this tidy test among them (a `default-members` list that leaves one out would
+/// silently skip it).
+fn check_default_members(metadata: &Value, graph: &Graph, report: &mut Report) -> Result<()> {
+    report.checked.push("every member is a default member (plain `cargo test` runs all)".into());
+    let defaults = array(&metadata["workspace_default_members"], "workspace_default_members")?;
+    for member in &graph.members {
+        if !defaults.iter().any(|default| default.as_str() == Some(member)) {
+            report.violations.push(Violation {
+                package: graph.packages[member].name.clone(),
+                dependency: None,
+                rule: "default-members",
+                why: "not in the workspace's `default-members`: plain `cargo test` skips it".into(),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn check_policy_purity(graph: &Graph, report: &mut Report) {

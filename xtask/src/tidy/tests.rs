@@ -60,7 +60,12 @@ fn metadata(members: &[&str], edges: &[(&str, &str, &str)]) -> Value {
         })
         .collect();
     let members: Vec<String> = members.iter().map(|name| id(name)).collect();
-    json!({ "packages": packages, "workspace_members": members, "resolve": { "nodes": nodes } })
+    json!({
+        "packages": packages,
+        "workspace_members": members,
+        "workspace_default_members": members,
+        "resolve": { "nodes": nodes },
+    })
 }
 
 fn manifests(members: &[&str]) -> BTreeMap<String, String> {
@@ -247,4 +252,15 @@ fn workspace_lints_spellings() {
 fn malformed_metadata_is_an_error() {
     let err = super::check(&json!({ "packages": [] }), &BTreeMap::new()).unwrap_err();
     assert_eq!(err.to_string(), "cargo metadata: `workspace_members` is not an array");
+}
+
+#[test]
+fn every_member_is_a_default_member() {
+    let mut metadata = metadata(MEMBERS, &[]);
+    metadata["workspace_default_members"] = json!(["proxyd-policy 0.1.0 (fake)"]);
+    let report = super::check(&metadata, &manifests(MEMBERS)).expect("fake metadata parses");
+    let got: Vec<String> = report.violations.iter().map(ToString::to_string).collect();
+    assert_eq!(got.len(), MEMBERS.len() - 1, "violations: {got:#?}");
+    assert!(got.iter().all(|v| v.contains("[default-members]")), "violations: {got:#?}");
+    assert!(!got.iter().any(|v| v.starts_with("proxyd-policy")), "violations: {got:#?}");
 }

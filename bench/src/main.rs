@@ -1,10 +1,10 @@
-//! `cargo xtask bench`: proxyd side by side with the proxies people use today, on loopback.
+//! `cargo xtask bench` (this crate's binary, built in release mode by xtask): proxyd side by side with the proxies people use today, on loopback.
 //!
 //! One invocation builds the release `proxyd`, runs the criterion policy bench, installs the
 //! peers from Debian packages when missing (squid, tinyproxy, dante-server, microsocks),
 //! starts every system on loopback with a permissive config in a temporary directory, starts
 //! a local origin (an HTTP keep-alive server and a bulk source/sink), and drives them all with
-//! the load generator in `bench/load.rs` (tokio; hand-written absolute-form HTTP, `CONNECT` and
+//! the load generator in `load.rs` (tokio; hand-written absolute-form HTTP, `CONNECT` and
 //! SOCKS5 clients; HDR histograms). "Direct" is the load generator talking to the origin
 //! itself: the physical limit on this machine. Each figure is the median of several rounds;
 //! the table goes to stdout, `target/bench/report.md` and `target/bench/report.json`.
@@ -19,9 +19,10 @@ mod origin;
 mod report;
 mod systems;
 
+use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -33,26 +34,26 @@ use self::opts::{Opts, USAGE};
 use self::origin::Origin;
 use self::report::{Metric, Report, Setup};
 use self::systems::{Pinned, Running, System};
-use crate::{cargo, cargo_metadata, run_status};
 
-/// Set in the environment of the release build that `cargo xtask bench` hands over to.
-const RELEASE_MARKER: &str = "PROXYD_BENCH_RELEASE";
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("bench: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
-pub(crate) fn run() -> Result<()> {
-    let Some(opts) = Opts::parse(std::env::args().skip(2))? else {
+fn run() -> Result<()> {
+    let Some(opts) = Opts::parse(std::env::args().skip(1))? else {
         println!("{USAGE}");
         return Ok(());
     };
     // The load generator must not be the bottleneck: an unoptimised build of it would make
-    // "direct" (the physical limit) a measure of the bench itself. `cargo xtask` builds xtask
-    // in the dev profile, so run the bench again from a release build.
-    if cfg!(debug_assertions) && std::env::var_os(RELEASE_MARKER).is_none() {
-        println!("bench: building the load generator in release mode");
-        let mut cmd = cargo();
-        cmd.args(["run", "--release", "--quiet", "-p", "xtask", "--", "bench"])
-            .args(&opts.args)
-            .env(RELEASE_MARKER, "1");
-        return run_status(cmd);
+    // "direct" (the physical limit) a measure of the bench itself.
+    if cfg!(debug_assertions) {
+        bail!("build the bench in release mode: `cargo xtask bench` does");
     }
     let started = Instant::now();
     let out_dir = target_dir()?.join("bench");
@@ -510,9 +511,39 @@ fn load_average() -> String {
     text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
 
+/// The workspace root: this crate lives one level below it.
+fn project_root() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    dir.parent().unwrap_or(dir).to_path_buf()
+}
+
+/// A `cargo` command run from the workspace root, with the cargo that ran us (`$CARGO`).
+fn cargo() -> Command {
+    let program = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
+    let mut cmd = Command::new(program);
+    cmd.current_dir(project_root());
+    cmd
+}
+
+/// Runs `cmd` with inherited stdio and fails unless it exits successfully.
+fn run_status(mut cmd: Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("failed to start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
 /// The target directory as cargo sees it (honours `CARGO_TARGET_DIR` and config).
 fn target_dir() -> Result<PathBuf> {
-    let metadata = cargo_metadata()?;
+    let mut cmd = cargo();
+    cmd.args(["metadata", "--format-version", "1", "--no-deps"]).stderr(Stdio::inherit());
+    let output = cmd.output().context("starting cargo metadata")?;
+    if !output.status.success() {
+        bail!("cargo metadata failed ({})", output.status);
+    }
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&output.stdout).context("cargo metadata printed invalid JSON")?;
     let dir = metadata["target_directory"]
         .as_str()
         .context("cargo metadata has no `target_directory`")?;

@@ -459,7 +459,7 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::{Metric, Report, Setup, median, number};
-    use crate::bench::systems::System;
+    use crate::systems::System;
 
     #[test]
     fn medians_and_numbers() {

@@ -178,7 +178,7 @@ impl Opts {
 #[cfg(test)]
 mod tests {
     use super::{Opts, parse_size};
-    use crate::bench::systems::System;
+    use crate::systems::System;
 
     fn parse(args: &[&str]) -> Opts {
         Opts::parse(args.iter().map(|a| (*a).to_owned())).unwrap().unwrap()
