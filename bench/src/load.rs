@@ -366,3 +366,77 @@ pub(super) async fn close_idle(tunnels: Vec<TcpStream>, origin: SocketAddr) {
     }
     set.abort_all();
 }
+
+/// `clients` keep-alive clients send plain forwarded requests until `total` have been
+/// answered (or ten minutes pass); returns how many were answered and how many failed.
+pub(super) async fn http_soak(
+    proxy: SocketAddr,
+    origin: SocketAddr,
+    clients: usize,
+    total: u64,
+) -> (u64, u64) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let request: Arc<[u8]> =
+        format!("GET http://{origin}/ HTTP/1.1\r\nHost: {origin}\r\n\r\n").into_bytes().into();
+    let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut set = JoinSet::new();
+    for _ in 0..clients {
+        let (request, done, failed) =
+            (Arc::clone(&request), Arc::clone(&done), Arc::clone(&failed));
+        set.spawn(async move {
+            let mut conn: Option<HttpConn> = None;
+            while done.load(Ordering::Relaxed) < total && Instant::now() < deadline {
+                let exchange = async {
+                    let c = match &mut conn {
+                        Some(c) => c,
+                        None => conn.insert(HttpConn::new(open(Via::Direct, proxy).await?)),
+                    };
+                    c.exchange(&request).await
+                };
+                match tokio::time::timeout(OP_TIMEOUT, exchange).await {
+                    Ok(Ok(keep)) => {
+                        done.fetch_add(1, Ordering::Relaxed);
+                        if !keep {
+                            conn = None;
+                        }
+                    }
+                    _ => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        conn = None;
+                    }
+                }
+            }
+        });
+    }
+    while set.join_next().await.is_some() {}
+    (done.load(Ordering::Relaxed), failed.load(Ordering::Relaxed))
+}
+
+/// Opens `n` connections to `proxy` that each send the start of a request head and then
+/// nothing more (slowloris), `OPEN_CONCURRENCY` at a time; returns the ones that opened.
+pub(super) async fn slowloris(proxy: SocketAddr, origin: SocketAddr, n: usize) -> Vec<TcpStream> {
+    let head: Arc<[u8]> =
+        format!("GET http://{origin}/ HTTP/1.1\r\nHost: {origin}\r\nX-Slow: ").into_bytes().into();
+    let mut held = Vec::with_capacity(n);
+    let mut set = JoinSet::new();
+    let mut launched = 0;
+    loop {
+        while launched < n && set.len() < OPEN_CONCURRENCY {
+            launched += 1;
+            let head = Arc::clone(&head);
+            set.spawn(async move {
+                let mut stream =
+                    tokio::time::timeout(OP_TIMEOUT, open(Via::Direct, proxy)).await.ok()?.ok()?;
+                stream.write_all(&head).await.ok()?;
+                Some(stream)
+            });
+        }
+        let Some(done) = set.join_next().await else { break };
+        if let Ok(Some(stream)) = done {
+            held.push(stream);
+        }
+    }
+    held
+}

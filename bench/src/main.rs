@@ -62,9 +62,11 @@ fn run() -> Result<()> {
     // Other work on the machine skews every figure: say how busy it was.
     let load_at_start = load_average();
     let mut notes = Vec::new();
-    let nofile = systems::raise_own_nofile();
     // Each idle tunnel costs the bench two descriptors (client and origin side) and a proxy
-    // two (both sides), so the RLIMIT_NOFILE hard limit caps the memory test.
+    // two (both sides), so the RLIMIT_NOFILE limit caps the memory test: raise it for the
+    // tunnels asked for (the systems inherit it).
+    let wanted = u64::try_from(opts.tunnels).unwrap_or(u64::MAX).saturating_mul(2) + 1024;
+    let nofile = systems::raise_own_nofile(wanted);
     let cap = (usize::try_from(nofile).unwrap_or(usize::MAX).saturating_sub(300) / 2) / 100 * 100;
     let tunnels = opts.tunnels.min(cap.max(100));
     if tunnels < opts.tunnels {
@@ -209,6 +211,11 @@ fn measure_all(
             if let Some((_, binary)) = binaries.iter().find(|(s, _)| *s == run.system) {
                 bench.memory(run.system, binary, round);
             }
+        }
+        if round == opts.rounds
+            && let Some((_, binary)) = binaries.iter().find(|(s, _)| *s == System::Proxyd)
+        {
+            bench.soak_and_burst(binary);
         }
     }
     let systems: Vec<System> = std::iter::once(System::Direct)
@@ -373,6 +380,76 @@ impl Bench<'_> {
             self.throughput(system, via, 1, &[Metric::SocksTput1]);
             self.throughput(system, via, streams, &[Metric::SocksTput8]);
         }
+    }
+
+    /// proxyd only, on a fresh instance: `--soak` forwarded keep-alive requests with RSS and
+    /// descriptors before and after, then `--burst` slowloris connections with RSS at start, at
+    /// the peak, and 10 s after the clients closed them (memory that comes back).
+    fn soak_and_burst(&mut self, binary: &Path) {
+        let system = System::Proxyd;
+        let dir = self.work.join("proxyd-soak");
+        let run = match systems::start(system, binary, &dir, self.nofile) {
+            Ok(run) => run,
+            Err(err) => {
+                self.report.notes.push(format!("proxyd: soak instance did not start: {err:#}"));
+                return;
+            }
+        };
+        let Some(proxy) = run.http else { return };
+        let pid = run.pid();
+        std::thread::sleep(Duration::from_secs(1));
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        if self.opts.soak > 0 {
+            let (rss0, fds0) = (systems::memory_kib(pid).0, systems::descriptors(pid));
+            let started = Instant::now();
+            let (done, failed) = self.rt.block_on(load::http_soak(
+                proxy,
+                self.origin.http,
+                self.opts.clients,
+                self.opts.soak,
+            ));
+            let secs = started.elapsed().as_secs_f64();
+            let (rss1, fds1) = (systems::memory_kib(pid).0, systems::descriptors(pid));
+            println!(
+                "bench:   proxyd     soak: {done} requests in {secs:.0} s ({failed} failed), \
+                 RSS {:.1} → {:.1} MiB, descriptors {fds0} → {fds1}",
+                mib(rss0),
+                mib(rss1)
+            );
+            for (metric, value) in [
+                (Metric::SoakRequests, done as f64),
+                (Metric::SoakRssStart, mib(rss0)),
+                (Metric::SoakRssEnd, mib(rss1)),
+                (Metric::SoakFdsStart, fds0 as f64),
+                (Metric::SoakFdsEnd, fds1 as f64),
+            ] {
+                self.report.record(system, metric, value);
+            }
+            if failed > 0 {
+                self.report.notes.push(format!("proxyd: soak: {failed} requests failed"));
+            }
+        }
+        if self.opts.burst > 0 {
+            let start = systems::memory_kib(pid).0;
+            let held = self.rt.block_on(load::slowloris(proxy, self.origin.http, self.opts.burst));
+            std::thread::sleep(Duration::from_secs(1));
+            let peak = systems::memory_kib(pid).0;
+            let opened = held.len();
+            drop(held);
+            std::thread::sleep(Duration::from_secs(10));
+            let after = systems::memory_kib(pid).0;
+            println!(
+                "bench:   proxyd     burst: {opened} slowloris connections, RSS {:.1} → {:.1} → \
+                 {:.1} MiB (start, peak, 10 s after)",
+                mib(start),
+                mib(peak),
+                mib(after)
+            );
+            self.report.record(system, Metric::BurstRssStart, mib(start));
+            self.report.record(system, Metric::BurstRssPeak, mib(peak));
+            self.report.record(system, Metric::BurstRssAfter, mib(after));
+        }
+        drop(run);
     }
 
     /// Memory of a fresh instance: at rest (started, listening, nothing sent), then with

@@ -28,6 +28,10 @@ flags:
   --clients=N         keep-alive clients of the HTTP test (default 64)
   --direction=up|down throughput direction: origin to client (down, default) or back
   --proxyd-bin=PATH   measure this proxyd binary instead of building target/release/proxyd
+  --soak=N            proxyd only, last round: N forwarded keep-alive requests with RSS and
+                      descriptors before and after (default 1000000; 0 skips)
+  --burst=N           proxyd only, last round: N slowloris connections (partial heads),
+                      RSS at start, at the peak and 10 s after they closed (default 3000; 0 skips)
   --no-criterion      skip the criterion policy bench";
 
 #[derive(Debug, Clone)]
@@ -45,6 +49,8 @@ pub(super) struct Opts {
     pub(super) direction: Direction,
     pub(super) criterion: bool,
     pub(super) proxyd_bin: Option<std::path::PathBuf>,
+    pub(super) soak: u64,
+    pub(super) burst: usize,
     /// The flags as given, for the report.
     pub(super) args: Vec<String>,
 }
@@ -93,6 +99,8 @@ impl Opts {
             direction: Direction::Down,
             criterion: true,
             proxyd_bin: None,
+            soak: if quick { 20_000 } else { 1_000_000 },
+            burst: if quick { 300 } else { 3_000 },
             args: args.clone(),
         };
         let mut iter = args.into_iter();
@@ -132,6 +140,16 @@ impl Opts {
                 }
                 "--size" => opts.size = parse_size(&value()?)?,
                 "--tunnels" => opts.tunnels = parse_count(&flag, &value()?)?,
+                "--soak" => {
+                    let text = value()?;
+                    opts.soak =
+                        text.parse().with_context(|| format!("--soak: bad number {text:?}"))?;
+                }
+                "--burst" => {
+                    let text = value()?;
+                    opts.burst =
+                        text.parse().with_context(|| format!("--burst: bad number {text:?}"))?;
+                }
                 "--clients" => opts.clients = parse_count(&flag, &value()?)?,
                 "--direction" => {
                     opts.direction = match value()?.as_str() {
@@ -171,6 +189,8 @@ impl Opts {
             "http_clients": self.clients,
             "connect_workers": self.connect_workers,
             "direction": self.direction_name(),
+            "soak_requests": self.soak,
+            "burst_connections": self.burst,
         })
     }
 }

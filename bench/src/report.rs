@@ -1,5 +1,5 @@
 //! Medians of the rounds, the side-by-side table (each figure with its ratio to direct and to
-//! the best peer), the goals of issue 6, and `report.md` / `report.json`.
+//! the best peer), the goal beside each row, and `report.md` / `report.json`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -38,10 +38,18 @@ pub(super) enum Metric {
     IdleTunnels,
     Decide10,
     Decide10k,
+    SoakRequests,
+    SoakRssStart,
+    SoakRssEnd,
+    SoakFdsStart,
+    SoakFdsEnd,
+    BurstRssStart,
+    BurstRssPeak,
+    BurstRssAfter,
 }
 
 impl Metric {
-    const ALL: [Metric; 20] = [
+    const ALL: [Metric; 28] = [
         Metric::HttpRps,
         Metric::HttpP50,
         Metric::HttpP99,
@@ -62,6 +70,14 @@ impl Metric {
         Metric::IdleTunnels,
         Metric::Decide10,
         Metric::Decide10k,
+        Metric::SoakRequests,
+        Metric::SoakRssStart,
+        Metric::SoakRssEnd,
+        Metric::SoakFdsStart,
+        Metric::SoakFdsEnd,
+        Metric::BurstRssStart,
+        Metric::BurstRssPeak,
+        Metric::BurstRssAfter,
     ];
 
     fn key(self) -> &'static str {
@@ -86,6 +102,14 @@ impl Metric {
             Metric::IdleTunnels => "idle_tunnels_open",
             Metric::Decide10 => "decide_hit_10_patterns_ns",
             Metric::Decide10k => "decide_hit_10000_patterns_ns",
+            Metric::SoakRequests => "soak_requests",
+            Metric::SoakRssStart => "soak_rss_start_mib",
+            Metric::SoakRssEnd => "soak_rss_end_mib",
+            Metric::SoakFdsStart => "soak_descriptors_start",
+            Metric::SoakFdsEnd => "soak_descriptors_end",
+            Metric::BurstRssStart => "burst_rss_start_mib",
+            Metric::BurstRssPeak => "burst_rss_peak_mib",
+            Metric::BurstRssAfter => "burst_rss_after_idle_mib",
         }
     }
 
@@ -98,9 +122,27 @@ impl Metric {
             | Metric::SocksRate
             | Metric::SocksTput1
             | Metric::SocksTput8
-            | Metric::IdleTunnels => Better::Higher,
+            | Metric::IdleTunnels
+            | Metric::SoakRequests => Better::Higher,
             _ => Better::Lower,
         }
+    }
+
+    /// Whether the row is a figure to compare with direct and the peers (not a count or a
+    /// proxyd-only soak or burst reading).
+    fn compared(self) -> bool {
+        !matches!(
+            self,
+            Metric::IdleTunnels
+                | Metric::SoakRequests
+                | Metric::SoakRssStart
+                | Metric::SoakRssEnd
+                | Metric::SoakFdsStart
+                | Metric::SoakFdsEnd
+                | Metric::BurstRssStart
+                | Metric::BurstRssPeak
+                | Metric::BurstRssAfter
+        )
     }
 
     fn is_latency(self) -> bool {
@@ -127,6 +169,13 @@ pub(super) struct Setup {
     pub(super) rounds: usize,
     pub(super) direction: &'static str,
     pub(super) options: Value,
+}
+
+/// A row's goal and whether proxyd met it (`None`: not measured).
+#[derive(Debug)]
+struct Goal {
+    text: String,
+    met: Option<bool>,
 }
 
 /// Per-round figures of every system, plus notes and the machine.
@@ -229,6 +278,14 @@ impl Report {
             Metric::IdleTunnels => format!("idle tunnels held (of {})", s.tunnels),
             Metric::Decide10 => "policy decision ns, 10 patterns (criterion)".to_owned(),
             Metric::Decide10k => "policy decision ns, 10,000 patterns (criterion)".to_owned(),
+            Metric::SoakRequests => "soak: forwarded keep-alive requests".to_owned(),
+            Metric::SoakRssStart => "soak: RSS before, MiB".to_owned(),
+            Metric::SoakRssEnd => "soak: RSS after, MiB".to_owned(),
+            Metric::SoakFdsStart => "soak: descriptors before".to_owned(),
+            Metric::SoakFdsEnd => "soak: descriptors after".to_owned(),
+            Metric::BurstRssStart => "slowloris burst: RSS at start, MiB".to_owned(),
+            Metric::BurstRssPeak => "slowloris burst: RSS at the peak, MiB".to_owned(),
+            Metric::BurstRssAfter => "slowloris burst: RSS 10 s after, MiB".to_owned(),
         }
     }
 
@@ -245,7 +302,7 @@ impl Report {
     fn cell(&self, system: System, metric: Metric) -> String {
         let Some(value) = self.median(system, metric) else { return "—".to_owned() };
         let mut text = number(value);
-        if system == System::Direct || metric == Metric::IdleTunnels {
+        if system == System::Direct || !metric.compared() {
             return text;
         }
         let mut ratios = Vec::new();
@@ -271,8 +328,8 @@ impl Report {
         for system in &self.systems {
             let _ = write!(out, " {} |", system.name());
         }
-        out.push_str("\n|---|");
-        out.push_str(&"---|".repeat(self.systems.len()));
+        out.push_str(" goal (proxyd) |\n|---|");
+        out.push_str(&"---|".repeat(self.systems.len() + 1));
         out.push('\n');
         for metric in Metric::ALL {
             if self.systems.iter().all(|&s| self.median(s, metric).is_none()) {
@@ -282,99 +339,69 @@ impl Report {
             for &system in &self.systems {
                 let _ = write!(out, " {} |", self.cell(system, metric));
             }
-            out.push('\n');
+            let goal = match self.goal(metric) {
+                Some(Goal { text, met: Some(true), .. }) => format!("{text}: met"),
+                Some(Goal { text, met: Some(false), .. }) => format!("{text}: **not met**"),
+                Some(Goal { text, met: None, .. }) => format!("{text}: not measured"),
+                None => String::new(),
+            };
+            let _ = writeln!(out, " {goal} |");
         }
         out
     }
 
-    /// The goals of issue 6 against proxyd's medians: (goal, met, detail).
-    pub(super) fn goals(&self) -> Vec<(String, Option<bool>, String)> {
+    /// The goal of issue 15 (and issue 6 where 15 set none) for a row, judged on proxyd's
+    /// median.
+    fn goal(&self, metric: Metric) -> Option<Goal> {
         let m = |system, metric| self.median(system, metric);
-        let proxyd = System::Proxyd;
-        let mut goals = Vec::new();
-
-        let mut worst: Option<(f64, Metric)> = None;
-        let mut parts = Vec::new();
-        for metric in
-            [Metric::ConnectTput1, Metric::ConnectTput8, Metric::SocksTput1, Metric::SocksTput8]
-        {
-            if let (Some(p), Some(d)) = (m(proxyd, metric), m(System::Direct, metric)) {
-                let r = p / d;
-                parts.push(format!("{} {r:.2}", metric.key()));
-                if worst.is_none_or(|(w, _)| r < w) {
-                    worst = Some((r, metric));
-                }
+        let proxyd = m(System::Proxyd, metric);
+        let direct = m(System::Direct, metric);
+        let peer = |system| m(system, metric);
+        let best = self.best_peer(metric);
+        let goal = |text: String, met: Option<bool>| Some(Goal { text, met });
+        match metric {
+            Metric::ConnectTput1
+            | Metric::ConnectTput8
+            | Metric::SocksTput1
+            | Metric::SocksTput8 => {
+                goal("≥ 0.8× direct".to_owned(), proxyd.zip(direct).map(|(p, d)| p >= 0.8 * d))
             }
+            Metric::ConnectRate => goal(
+                "≥ 1.2× tinyproxy".to_owned(),
+                proxyd.zip(peer(System::Tinyproxy)).map(|(p, t)| p >= 1.2 * t),
+            ),
+            Metric::SocksRate => goal(
+                "≥ 1.2× microsocks".to_owned(),
+                proxyd.zip(peer(System::Microsocks)).map(|(p, t)| p >= 1.2 * t),
+            ),
+            Metric::HttpRps => {
+                goal("above every peer".to_owned(), proxyd.zip(best).map(|(p, (_, b))| p > b))
+            }
+            Metric::Http1P99 => {
+                goal("below every peer".to_owned(), proxyd.zip(best).map(|(p, (_, b))| p < b))
+            }
+            Metric::RssPerTunnelFirst | Metric::RssPerTunnel => {
+                goal("≤ 6 KiB".to_owned(), proxyd.map(|p| p <= 6.0))
+            }
+            Metric::RssRest => goal("≤ 3 MiB".to_owned(), proxyd.map(|p| p <= 3.0)),
+            Metric::Decide10k => goal(
+                "≤ 1.25× the 10-pattern figure".to_owned(),
+                proxyd.zip(m(System::Proxyd, Metric::Decide10)).map(|(n, f)| n <= 1.25 * f),
+            ),
+            Metric::SoakRssEnd => goal(
+                "≤ 1.25× before".to_owned(),
+                proxyd.zip(m(System::Proxyd, Metric::SoakRssStart)).map(|(e, s)| e <= 1.25 * s),
+            ),
+            Metric::SoakFdsEnd => goal(
+                "≤ before + 8".to_owned(),
+                proxyd.zip(m(System::Proxyd, Metric::SoakFdsStart)).map(|(e, s)| e <= s + 8.0),
+            ),
+            Metric::BurstRssAfter => goal(
+                "≤ 2× RSS at rest".to_owned(),
+                proxyd.zip(m(System::Proxyd, Metric::RssRest)).map(|(a, r)| a <= 2.0 * r),
+            ),
+            _ => None,
         }
-        goals.push((
-            "tunnel throughput ≥ 0.9 × direct".to_owned(),
-            worst.map(|(w, _)| w >= 0.9),
-            parts.join(", "),
-        ));
-
-        let rps = m(proxyd, Metric::HttpRps);
-        let best = self.best_peer(Metric::HttpRps);
-        goals.push((
-            "HTTP requests/s above every peer".to_owned(),
-            rps.zip(best).map(|(p, (_, b))| p > b),
-            match (rps, best) {
-                (Some(p), Some((peer, b))) => {
-                    format!("proxyd {} vs {} {} ({:.2}×)", number(p), peer.name(), number(b), p / b)
-                }
-                _ => "not measured".to_owned(),
-            },
-        ));
-
-        let added = |metric| Some(m(proxyd, metric)? - m(System::Direct, metric)?);
-        let show = |value: Option<f64>| value.map_or("?".to_owned(), number);
-        let one_cpu = added(Metric::Http1P99OneCpu);
-        let unloaded = added(Metric::Http1P99);
-        let loaded = added(Metric::HttpP99);
-        goals.push((
-            "added p99 latency < 250 µs (judged on 1 client, one CPU)".to_owned(),
-            one_cpu.or(unloaded).map(|a| a < 250.0),
-            format!(
-                "+{} µs with 1 client and everything on one CPU, +{} µs with 1 client across \
-                 vCPUs (a hypervisor wake-up on each hop), +{} µs with {} saturating clients \
-                 (queueing: latency = clients ÷ throughput)",
-                show(one_cpu),
-                show(unloaded),
-                show(loaded),
-                self.setup.clients
-            ),
-        ));
-
-        let (first, second) =
-            (m(proxyd, Metric::RssPerTunnelFirst), m(proxyd, Metric::RssPerTunnel));
-        let worst = match (first, second) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        };
-        goals.push((
-            "≤ 8 KiB RSS per idle tunnel".to_owned(),
-            worst.map(|k| k <= 8.0),
-            format!(
-                "{} KiB in a fresh process, {} KiB once memory is reused",
-                first.map_or("?".to_owned(), number),
-                second.map_or("?".to_owned(), number)
-            ),
-        ));
-
-        let (few, many) = (m(proxyd, Metric::Decide10), m(proxyd, Metric::Decide10k));
-        goals.push((
-            "decision cost flat in the number of patterns".to_owned(),
-            few.zip(many).map(|(f, n)| n / f <= 1.25),
-            match (few, many) {
-                (Some(f), Some(n)) => format!(
-                    "{} ns at 10, {} ns at 10,000 patterns ({:.2}×)",
-                    number(f),
-                    number(n),
-                    n / f
-                ),
-                _ => "not measured".to_owned(),
-            },
-        ));
-        goals
     }
 
     pub(super) fn markdown(&self) -> String {
@@ -395,15 +422,6 @@ impl Report {
             self.setup.rounds, self.elapsed_s
         );
         out.push_str(&self.table());
-        out.push_str("\n## Goals (issue 6)\n\n");
-        for (goal, met, detail) in self.goals() {
-            let mark = match met {
-                Some(true) => "met",
-                Some(false) => "NOT met",
-                None => "not measured",
-            };
-            let _ = writeln!(out, "- {goal}: **{mark}** — {detail}");
-        }
         if !self.notes.is_empty() {
             out.push_str("\n## Notes\n\n");
             for note in &self.notes {
@@ -437,10 +455,12 @@ impl Report {
             }
             results.insert(system.name().to_owned(), Value::Object(entry));
         }
-        let goals: Vec<Value> = self
-            .goals()
+        let goals: Vec<Value> = Metric::ALL
             .into_iter()
-            .map(|(goal, met, detail)| json!({ "goal": goal, "met": met, "detail": detail }))
+            .filter_map(|metric| {
+                let goal = self.goal(metric)?;
+                Some(json!({ "metric": metric.key(), "goal": goal.text, "met": goal.met }))
+            })
             .collect();
         json!({
             "command": self.setup.command,
@@ -498,9 +518,14 @@ mod tests {
         assert_eq!(report.cell(System::Proxyd, Metric::Http1P99), "300 (+200, 3.00×d, 0.75×p)");
         assert_eq!(report.cell(System::Direct, Metric::HttpRps), "100.0k");
         let table = report.table();
-        assert!(table.starts_with("| metric | direct | proxyd | squid | tinyproxy |"), "{table}");
-        let goals = report.goals();
-        assert_eq!(goals[1].1, Some(true), "{goals:?}");
-        assert_eq!(goals[2].1, Some(true), "{goals:?}");
+        assert!(
+            table.starts_with("| metric | direct | proxyd | squid | tinyproxy | goal (proxyd) |"),
+            "{table}"
+        );
+        assert!(table.contains("| above every peer: met |"), "{table}");
+        assert!(table.contains("| below every peer: met |"), "{table}");
+        assert_eq!(report.goal(Metric::RssRest).map(|g| g.met), Some(None));
+        report.record(System::Proxyd, Metric::RssRest, 7.0);
+        assert_eq!(report.goal(Metric::RssRest).map(|g| g.met), Some(Some(false)));
     }
 }

@@ -146,12 +146,24 @@ pub(super) fn nofile_limits() -> Option<(u64, u64)> {
 
 /// Raises this process's soft `RLIMIT_NOFILE` to its hard limit (with `prlimit --pid`), and
 /// returns the limit now in force.
-pub(super) fn raise_own_nofile() -> u64 {
+pub(super) fn raise_own_nofile(wanted: u64) -> u64 {
     let Some((soft, hard)) = nofile_limits() else { return 1024 };
-    if soft < hard {
-        let pid = std::process::id().to_string();
-        let limit = format!("--nofile={hard}:{hard}");
-        let _ = quiet(Command::new("prlimit").args(["--pid", &pid, &limit]));
+    // Root (CAP_SYS_RESOURCE) may raise the hard limit too, up to fs.nr_open; everyone else
+    // gets the soft limit raised to the hard one.
+    let nr_open = fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .unwrap_or(hard);
+    let pid = std::process::id().to_string();
+    for limit in [wanted.min(nr_open).max(hard), hard] {
+        if soft >= limit {
+            break;
+        }
+        let arg = format!("--nofile={limit}:{limit}");
+        let _ = quiet(Command::new("prlimit").args(["--pid", &pid, &arg]));
+        if nofile_limits().is_some_and(|(soft, _)| soft >= limit) {
+            break;
+        }
     }
     nofile_limits().map_or(soft, |(soft, _)| soft)
 }
@@ -538,6 +550,11 @@ fn tree(pid: u32) -> Vec<u32> {
 
 /// Resident memory of `pid` and all its descendants: the sum of `VmRSS` (which counts a page
 /// shared by forked processes once per process) and of `Pss` (which splits it), in KiB.
+/// Open descriptors of `pid` (its `/proc/PID/fd` entries).
+pub(super) fn descriptors(pid: u32) -> u64 {
+    fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |dir| dir.count() as u64)
+}
+
 pub(super) fn memory_kib(pid: u32) -> (u64, u64) {
     let field = |path: String, name: &str| -> u64 {
         fs::read_to_string(path)
