@@ -382,74 +382,141 @@ impl Bench<'_> {
         }
     }
 
-    /// proxyd only, on a fresh instance: `--soak` forwarded keep-alive requests with RSS and
-    /// descriptors before and after, then `--burst` slowloris connections with RSS at start, at
-    /// the peak, and 10 s after the clients closed them (memory that comes back).
+    /// proxyd only, each on a fresh instance: the soak, the cost of the per-decision log, and
+    /// the slowloris burst under each allocator available.
     fn soak_and_burst(&mut self, binary: &Path) {
-        let system = System::Proxyd;
-        let dir = self.work.join("proxyd-soak");
-        let run = match systems::start(system, binary, &dir, self.nofile) {
-            Ok(run) => run,
-            Err(err) => {
-                self.report.notes.push(format!("proxyd: soak instance did not start: {err:#}"));
-                return;
+        if self.opts.soak > 0 {
+            self.soak(binary);
+        }
+        if self.opts.burst > 0 {
+            let tunable = "glibc.malloc.arena_max=2".to_owned();
+            let mut variants = vec![
+                ("glibc malloc", Vec::new(), Metric::BurstRssAfter),
+                ("glibc, arena_max=2", vec![("GLIBC_TUNABLES".to_owned(), tunable)], {
+                    Metric::BurstAfterArena2
+                }),
+            ];
+            match systems::find_library("libjemalloc.so.2") {
+                Some(lib) => variants.push((
+                    "jemalloc (LD_PRELOAD)",
+                    vec![("LD_PRELOAD".to_owned(), lib.display().to_string())],
+                    Metric::BurstAfterJemalloc,
+                )),
+                None => self.report.notes.push(
+                    "libjemalloc.so.2 not found (Debian package libjemalloc2): the burst ran \
+                     with glibc malloc only"
+                        .to_owned(),
+                ),
             }
+            for (name, env, metric) in variants {
+                self.burst(binary, name, &env, metric);
+            }
+        }
+    }
+
+    /// `--soak` forwarded keep-alive requests with RSS and descriptors before and after; then
+    /// a shorter soak at the default log level (one INFO line per decision) and one with
+    /// `RUST_LOG=warn`, for what the per-decision log costs.
+    fn soak(&mut self, binary: &Path) {
+        let system = System::Proxyd;
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        let Some(run) = self.proxyd_with("soak", binary, &[]) else { return };
+        let Some(proxy) = run.http else { return };
+        let pid = run.pid();
+        let (rss0, fds0, log0) =
+            (systems::memory_kib(pid).0, systems::descriptors(pid), run.log_bytes());
+        let started = Instant::now();
+        let clients = self.opts.clients;
+        let soak = load::http_soak(proxy, self.origin.http, clients, self.opts.soak);
+        let (done, failed) = self.rt.block_on(soak);
+        let secs = started.elapsed().as_secs_f64();
+        let (rss1, fds1) = (systems::memory_kib(pid).0, systems::descriptors(pid));
+        let log_per = (run.log_bytes() - log0) as f64 / done.max(1) as f64;
+        println!(
+            "bench:   proxyd     soak: {done} requests in {secs:.0} s ({failed} failed), RSS \
+             {:.1} → {:.1} MiB, descriptors {fds0} → {fds1}, {log_per:.0} log bytes/request",
+            mib(rss0),
+            mib(rss1)
+        );
+        for (metric, value) in [
+            (Metric::SoakRequests, done as f64),
+            (Metric::SoakRssStart, mib(rss0)),
+            (Metric::SoakRssEnd, mib(rss1)),
+            (Metric::SoakFdsStart, fds0 as f64),
+            (Metric::SoakFdsEnd, fds1 as f64),
+            (Metric::LogBytesPerDecision, log_per),
+        ] {
+            self.report.record(system, metric, value);
+        }
+        if failed > 0 {
+            self.report.notes.push(format!("proxyd: soak: {failed} requests failed"));
+        }
+        drop(run);
+        let n = self.opts.soak.min(200_000);
+        let warn = vec![("RUST_LOG".to_owned(), "warn".to_owned())];
+        for (name, env, metric) in
+            [("log-info", Vec::new(), Metric::LogRateInfo), ("log-warn", warn, Metric::LogRateWarn)]
+        {
+            let Some(run) = self.proxyd_with(name, binary, &env) else { return };
+            let Some(proxy) = run.http else { return };
+            let started = Instant::now();
+            let (done, _) = self.rt.block_on(load::http_soak(proxy, self.origin.http, clients, n));
+            let rate = done as f64 / started.elapsed().as_secs_f64();
+            println!("bench:   proxyd     {name}: {rate:.0} requests/s over {done}");
+            self.report.record(system, metric, rate);
+        }
+    }
+
+    /// `--burst` slowloris connections on a fresh instance with `env`: RSS at start, at the
+    /// peak, and 10 s after the clients closed them (memory that comes back).
+    fn burst(&mut self, binary: &Path, name: &str, env: &[(String, String)], after: Metric) {
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        let Some(run) = self.proxyd_with(&format!("burst-{}", after.key()), binary, env) else {
+            return;
         };
         let Some(proxy) = run.http else { return };
         let pid = run.pid();
+        let start = systems::memory_kib(pid).0;
+        let held = self.rt.block_on(load::slowloris(proxy, self.origin.http, self.opts.burst));
         std::thread::sleep(Duration::from_secs(1));
-        let mib = |kib: u64| kib as f64 / 1024.0;
-        if self.opts.soak > 0 {
-            let (rss0, fds0) = (systems::memory_kib(pid).0, systems::descriptors(pid));
-            let started = Instant::now();
-            let (done, failed) = self.rt.block_on(load::http_soak(
-                proxy,
-                self.origin.http,
-                self.opts.clients,
-                self.opts.soak,
-            ));
-            let secs = started.elapsed().as_secs_f64();
-            let (rss1, fds1) = (systems::memory_kib(pid).0, systems::descriptors(pid));
-            println!(
-                "bench:   proxyd     soak: {done} requests in {secs:.0} s ({failed} failed), \
-                 RSS {:.1} → {:.1} MiB, descriptors {fds0} → {fds1}",
-                mib(rss0),
-                mib(rss1)
-            );
-            for (metric, value) in [
-                (Metric::SoakRequests, done as f64),
-                (Metric::SoakRssStart, mib(rss0)),
-                (Metric::SoakRssEnd, mib(rss1)),
-                (Metric::SoakFdsStart, fds0 as f64),
-                (Metric::SoakFdsEnd, fds1 as f64),
-            ] {
-                self.report.record(system, metric, value);
+        let peak = systems::memory_kib(pid).0;
+        let opened = held.len();
+        drop(held);
+        std::thread::sleep(Duration::from_secs(10));
+        let after_idle = systems::memory_kib(pid).0;
+        println!(
+            "bench:   proxyd     burst, {name}: {opened} slowloris connections, RSS {:.1} → \
+             {:.1} → {:.1} MiB (start, peak, 10 s after)",
+            mib(start),
+            mib(peak),
+            mib(after_idle)
+        );
+        if after == Metric::BurstRssAfter {
+            self.report.record(System::Proxyd, Metric::BurstRssStart, mib(start));
+            self.report.record(System::Proxyd, Metric::BurstRssPeak, mib(peak));
+        }
+        self.report.record(System::Proxyd, after, mib(after_idle));
+    }
+
+    /// A fresh proxyd with `env`, one second after it listens; `None` (with a note) if it did
+    /// not start.
+    fn proxyd_with(
+        &mut self,
+        name: &str,
+        binary: &Path,
+        env: &[(String, String)],
+    ) -> Option<Running> {
+        let dir = self.work.join(format!("proxyd-{name}"));
+        match systems::start_proxyd_with(binary, &dir, self.nofile, env) {
+            Ok(run) => {
+                std::thread::sleep(Duration::from_secs(1));
+                Some(run)
             }
-            if failed > 0 {
-                self.report.notes.push(format!("proxyd: soak: {failed} requests failed"));
+            Err(err) => {
+                self.report.notes.push(format!("proxyd: {name} instance did not start: {err:#}"));
+                None
             }
         }
-        if self.opts.burst > 0 {
-            let start = systems::memory_kib(pid).0;
-            let held = self.rt.block_on(load::slowloris(proxy, self.origin.http, self.opts.burst));
-            std::thread::sleep(Duration::from_secs(1));
-            let peak = systems::memory_kib(pid).0;
-            let opened = held.len();
-            drop(held);
-            std::thread::sleep(Duration::from_secs(10));
-            let after = systems::memory_kib(pid).0;
-            println!(
-                "bench:   proxyd     burst: {opened} slowloris connections, RSS {:.1} → {:.1} → \
-                 {:.1} MiB (start, peak, 10 s after)",
-                mib(start),
-                mib(peak),
-                mib(after)
-            );
-            self.report.record(system, Metric::BurstRssStart, mib(start));
-            self.report.record(system, Metric::BurstRssPeak, mib(peak));
-            self.report.record(system, Metric::BurstRssAfter, mib(after));
-        }
-        drop(run);
     }
 
     /// Memory of a fresh instance: at rest (started, listening, nothing sent), then with

@@ -46,10 +46,15 @@ pub(super) enum Metric {
     BurstRssStart,
     BurstRssPeak,
     BurstRssAfter,
+    BurstAfterArena2,
+    BurstAfterJemalloc,
+    LogBytesPerDecision,
+    LogRateInfo,
+    LogRateWarn,
 }
 
 impl Metric {
-    const ALL: [Metric; 28] = [
+    const ALL: [Metric; 33] = [
         Metric::HttpRps,
         Metric::HttpP50,
         Metric::HttpP99,
@@ -78,9 +83,14 @@ impl Metric {
         Metric::BurstRssStart,
         Metric::BurstRssPeak,
         Metric::BurstRssAfter,
+        Metric::BurstAfterArena2,
+        Metric::BurstAfterJemalloc,
+        Metric::LogBytesPerDecision,
+        Metric::LogRateInfo,
+        Metric::LogRateWarn,
     ];
 
-    fn key(self) -> &'static str {
+    pub(super) fn key(self) -> &'static str {
         match self {
             Metric::HttpRps => "http_requests_per_s",
             Metric::HttpP50 => "http_p50_us",
@@ -110,6 +120,11 @@ impl Metric {
             Metric::BurstRssStart => "burst_rss_start_mib",
             Metric::BurstRssPeak => "burst_rss_peak_mib",
             Metric::BurstRssAfter => "burst_rss_after_idle_mib",
+            Metric::BurstAfterArena2 => "burst_rss_after_idle_arena_max_2_mib",
+            Metric::BurstAfterJemalloc => "burst_rss_after_idle_jemalloc_mib",
+            Metric::LogBytesPerDecision => "log_bytes_per_decision_info",
+            Metric::LogRateInfo => "requests_per_s_log_info",
+            Metric::LogRateWarn => "requests_per_s_log_warn",
         }
     }
 
@@ -123,7 +138,9 @@ impl Metric {
             | Metric::SocksTput1
             | Metric::SocksTput8
             | Metric::IdleTunnels
-            | Metric::SoakRequests => Better::Higher,
+            | Metric::SoakRequests
+            | Metric::LogRateInfo
+            | Metric::LogRateWarn => Better::Higher,
             _ => Better::Lower,
         }
     }
@@ -142,6 +159,11 @@ impl Metric {
                 | Metric::BurstRssStart
                 | Metric::BurstRssPeak
                 | Metric::BurstRssAfter
+                | Metric::BurstAfterArena2
+                | Metric::BurstAfterJemalloc
+                | Metric::LogBytesPerDecision
+                | Metric::LogRateInfo
+                | Metric::LogRateWarn
         )
     }
 
@@ -285,7 +307,18 @@ impl Report {
             Metric::SoakFdsEnd => "soak: descriptors after".to_owned(),
             Metric::BurstRssStart => "slowloris burst: RSS at start, MiB".to_owned(),
             Metric::BurstRssPeak => "slowloris burst: RSS at the peak, MiB".to_owned(),
-            Metric::BurstRssAfter => "slowloris burst: RSS 10 s after, MiB".to_owned(),
+            Metric::BurstRssAfter => {
+                "slowloris burst: RSS 10 s after, MiB (glibc malloc)".to_owned()
+            }
+            Metric::BurstAfterArena2 => "same, glibc with arena_max=2".to_owned(),
+            Metric::BurstAfterJemalloc => "same, jemalloc (LD_PRELOAD)".to_owned(),
+            Metric::LogBytesPerDecision => {
+                "log bytes per allowed request (default level, INFO)".to_owned()
+            }
+            Metric::LogRateInfo => {
+                format!("forwarded req/s, {} clients, log at INFO (default)", s.clients)
+            }
+            Metric::LogRateWarn => format!("forwarded req/s, {} clients, RUST_LOG=warn", s.clients),
         }
     }
 
@@ -396,7 +429,7 @@ impl Report {
                 "≤ before + 8".to_owned(),
                 proxyd.zip(m(System::Proxyd, Metric::SoakFdsStart)).map(|(e, s)| e <= s + 8.0),
             ),
-            Metric::BurstRssAfter => goal(
+            Metric::BurstRssAfter | Metric::BurstAfterArena2 | Metric::BurstAfterJemalloc => goal(
                 "≤ 2× RSS at rest".to_owned(),
                 proxyd.zip(m(System::Proxyd, Metric::RssRest)).map(|(a, r)| a <= 2.0 * r),
             ),

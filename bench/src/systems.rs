@@ -184,6 +184,11 @@ impl Running {
         self.child.id()
     }
 
+    /// Bytes the system has written to its log so far.
+    pub(super) fn log_bytes(&self) -> u64 {
+        fs::metadata(&self.log).map_or(0, |meta| meta.len())
+    }
+
     /// The last lines of the system's log, for error messages.
     fn log_tail(&self) -> String {
         let text = fs::read_to_string(&self.log).unwrap_or_default();
@@ -312,6 +317,18 @@ pub(super) fn start(system: System, binary: &Path, dir: &Path, nofile: u64) -> R
 /// unlocks it as a local destination), every listener on an ephemeral port, read back from the
 /// JSON log's `listening` events.
 fn start_proxyd(binary: &Path, dir: &Path, nofile: u64) -> Result<Running> {
+    start_proxyd_with(binary, dir, nofile, &[])
+}
+
+/// [`start_proxyd`] with extra environment variables (an allocator preloaded, glibc malloc
+/// tunables, `RUST_LOG`), for the soak and burst variants.
+pub(super) fn start_proxyd_with(
+    binary: &Path,
+    dir: &Path,
+    nofile: u64,
+    env: &[(String, String)],
+) -> Result<Running> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let config = dir.join("proxyd.toml");
     fs::write(
         &config,
@@ -331,6 +348,7 @@ idle_timeout = "10m"
     let log = dir.join("proxyd.log");
     let mut cmd = command(binary, nofile, &log)?;
     cmd.arg("--config").arg(&config).args(["--log-format", "json"]).env("CODEX_HOME", dir);
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     let mut running = spawn(System::Proxyd, cmd, log)?;
     let deadline = Instant::now() + Duration::from_secs(20);
     while running.http.is_none() || running.socks.is_none() {
@@ -550,6 +568,16 @@ fn tree(pid: u32) -> Vec<u32> {
 
 /// Resident memory of `pid` and all its descendants: the sum of `VmRSS` (which counts a page
 /// shared by forked processes once per process) and of `Pss` (which splits it), in KiB.
+/// A shared library by file name, from the dynamic linker's cache (`ldconfig -p`).
+pub(super) fn find_library(name: &str) -> Option<PathBuf> {
+    let ldconfig = find_binary("ldconfig")?;
+    let out = Command::new(ldconfig).arg("-p").stderr(Stdio::null()).output().ok()?;
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|line| {
+        let (lib, path) = line.trim().split_once(" => ")?;
+        (lib.split_whitespace().next()? == name).then(|| PathBuf::from(path.trim()))
+    })
+}
+
 /// Open descriptors of `pid` (its `/proc/PID/fd` entries).
 pub(super) fn descriptors(pid: u32) -> u64 {
     fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |dir| dir.count() as u64)
