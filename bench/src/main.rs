@@ -414,7 +414,9 @@ impl Bench<'_> {
         }
     }
 
-    /// `--soak` forwarded keep-alive requests with RSS and descriptors before and after; then
+    /// `--soak` forwarded keep-alive requests with RSS and descriptors before and after (after
+    /// a warm-up of a tenth as many, so "before" has the buffers of every client; "after" once
+    /// the clients have closed, 2 s later); then
     /// a shorter soak at the default log level (one INFO line per decision) and one with
     /// `RUST_LOG=warn`, for what the per-decision log costs.
     fn soak(&mut self, binary: &Path) {
@@ -423,13 +425,17 @@ impl Bench<'_> {
         let Some(run) = self.proxyd_with("soak", binary, &[]) else { return };
         let Some(proxy) = run.http else { return };
         let pid = run.pid();
+        let clients = self.opts.clients;
+        let warmup = load::http_soak(proxy, self.origin.http, clients, self.opts.soak / 10);
+        self.rt.block_on(warmup);
+        std::thread::sleep(Duration::from_secs(2));
         let (rss0, fds0, log0) =
             (systems::memory_kib(pid).0, systems::descriptors(pid), run.log_bytes());
         let started = Instant::now();
-        let clients = self.opts.clients;
         let soak = load::http_soak(proxy, self.origin.http, clients, self.opts.soak);
         let (done, failed) = self.rt.block_on(soak);
         let secs = started.elapsed().as_secs_f64();
+        std::thread::sleep(Duration::from_secs(2));
         let (rss1, fds1) = (systems::memory_kib(pid).0, systems::descriptors(pid));
         let log_per = (run.log_bytes() - log0) as f64 / done.max(1) as f64;
         println!(
