@@ -417,8 +417,8 @@ impl Bench<'_> {
     /// `--soak` forwarded keep-alive requests with RSS and descriptors before and after (after
     /// a warm-up of a tenth as many, so "before" has the buffers of every client; "after" once
     /// the clients have closed, 2 s later); then
-    /// a shorter soak at the default log level (one INFO line per decision) and one with
-    /// `RUST_LOG=warn`, for what the per-decision log costs.
+    /// a shorter soak at the default log level (one INFO line per decision) and one with the
+    /// decision lines off (`RUST_LOG=info,proxyd::decision=warn`), for what that log costs.
     fn soak(&mut self, binary: &Path) {
         let system = System::Proxyd;
         let mib = |kib: u64| kib as f64 / 1024.0;
@@ -459,10 +459,11 @@ impl Bench<'_> {
         }
         drop(run);
         let n = self.opts.soak.min(200_000);
-        let warn = vec![("RUST_LOG".to_owned(), "warn".to_owned())];
-        for (name, env, metric) in
-            [("log-info", Vec::new(), Metric::LogRateInfo), ("log-warn", warn, Metric::LogRateWarn)]
-        {
+        let quiet = vec![("RUST_LOG".to_owned(), "info,proxyd::decision=warn".to_owned())];
+        for (name, env, metric) in [
+            ("log-info", Vec::new(), Metric::LogRateInfo),
+            ("log-quiet", quiet, Metric::LogRateQuiet),
+        ] {
             let Some(run) = self.proxyd_with(name, binary, &env) else { return };
             let Some(proxy) = run.http else { return };
             let started = Instant::now();

@@ -50,7 +50,7 @@ pub(super) enum Metric {
     BurstAfterJemalloc,
     LogBytesPerDecision,
     LogRateInfo,
-    LogRateWarn,
+    LogRateQuiet,
 }
 
 impl Metric {
@@ -87,7 +87,7 @@ impl Metric {
         Metric::BurstAfterJemalloc,
         Metric::LogBytesPerDecision,
         Metric::LogRateInfo,
-        Metric::LogRateWarn,
+        Metric::LogRateQuiet,
     ];
 
     pub(super) fn key(self) -> &'static str {
@@ -124,7 +124,7 @@ impl Metric {
             Metric::BurstAfterJemalloc => "burst_rss_after_idle_jemalloc_mib",
             Metric::LogBytesPerDecision => "log_bytes_per_decision_info",
             Metric::LogRateInfo => "requests_per_s_log_info",
-            Metric::LogRateWarn => "requests_per_s_log_warn",
+            Metric::LogRateQuiet => "requests_per_s_decision_lines_off",
         }
     }
 
@@ -140,7 +140,7 @@ impl Metric {
             | Metric::IdleTunnels
             | Metric::SoakRequests
             | Metric::LogRateInfo
-            | Metric::LogRateWarn => Better::Higher,
+            | Metric::LogRateQuiet => Better::Higher,
             _ => Better::Lower,
         }
     }
@@ -163,7 +163,7 @@ impl Metric {
                 | Metric::BurstAfterJemalloc
                 | Metric::LogBytesPerDecision
                 | Metric::LogRateInfo
-                | Metric::LogRateWarn
+                | Metric::LogRateQuiet
         )
     }
 
@@ -318,7 +318,9 @@ impl Report {
             Metric::LogRateInfo => {
                 format!("forwarded req/s, {} clients, log at INFO (default)", s.clients)
             }
-            Metric::LogRateWarn => format!("forwarded req/s, {} clients, RUST_LOG=warn", s.clients),
+            Metric::LogRateQuiet => {
+                "same, decision lines off (RUST_LOG=info,proxyd::decision=warn)".to_owned()
+            }
         }
     }
 
