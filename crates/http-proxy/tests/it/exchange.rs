@@ -210,6 +210,34 @@ async fn an_upload_the_origin_stopped_reading_gets_504() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A client that stops sending its request body, while the origin reads on, is the client's
+/// stall: `408`, and the connection is closed (the body was not read whole).
+#[tokio::test]
+async fn an_upload_the_client_stopped_sending_gets_408() -> anyhow::Result<()> {
+    let mut origin = Scripted::start(|mut conn| async move {
+        if conn.head().await.is_some() {
+            conn.until_closed().await;
+        }
+    })
+    .await?;
+    let proxy = proxy()
+        .idle_timeout(Duration::from_millis(500))
+        .response_timeout(Duration::from_secs(60))
+        .start()
+        .await?;
+    let mut client = proxy.client().await?;
+    client
+        .write(request("PUT", &origin.url("/slow"), &["Content-Length: 100"]) + "only ten b")
+        .await?;
+    let response = client.response().await?;
+    assert_eq!(response.status(), 408, "{response:?}");
+    assert_eq!(response.header("connection"), Some("close"), "{response:?}");
+    assert_eq!(response.json()?["reason"], "request_timeout", "{response:?}");
+    assert_eq!(client.read_to_close(TIMEOUT).await?, b"");
+    origin.closed().await?;
+    Ok(())
+}
+
 /// Issue 16: the idle clock applies to a response body too. An origin that sends a head and
 /// part of its body, then nothing, has its client's connection cut after `idle_timeout` (the
 /// head was sent: a status can no longer be given).
