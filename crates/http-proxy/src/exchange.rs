@@ -16,6 +16,7 @@ use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use tokio::time::{Instant, Sleep};
 
 use crate::BoxError;
+use crate::idle::Reading;
 
 /// Not yet: the request body is still streaming.
 const NOT_SENT: u64 = u64::MAX;
@@ -102,14 +103,26 @@ pub(crate) enum Overdue {
 pub(crate) struct Upload {
     body: Option<Incoming>,
     progress: Arc<Progress>,
+    /// Counts the body on its client connection until it ends.
+    reading: Option<Reading>,
 }
 
 impl Upload {
-    pub(crate) fn new(body: Option<Incoming>, progress: Arc<Progress>) -> Upload {
-        if body.as_ref().is_none_or(HttpBody::is_end_stream) {
-            progress.sent_whole();
+    pub(crate) fn new(
+        body: Option<Incoming>,
+        reading: Option<Reading>,
+        progress: Arc<Progress>,
+    ) -> Upload {
+        let mut upload = Upload { body, progress, reading };
+        if upload.is_end_stream() {
+            upload.sent_whole();
         }
-        Upload { body, progress }
+        upload
+    }
+
+    fn sent_whole(&mut self) {
+        self.progress.sent_whole();
+        self.reading = None;
     }
 }
 
@@ -126,9 +139,9 @@ impl HttpBody for Upload {
         let poll = Pin::new(&mut *body).poll_frame(cx);
         this.progress.waiting_on_client.store(poll.is_pending(), Ordering::Relaxed);
         match &poll {
-            Poll::Ready(Some(Ok(_))) if body.is_end_stream() => this.progress.sent_whole(),
+            Poll::Ready(Some(Ok(_))) if body.is_end_stream() => this.sent_whole(),
             Poll::Ready(Some(Ok(_))) => this.progress.touch(),
-            Poll::Ready(None) => this.progress.sent_whole(),
+            Poll::Ready(None) => this.sent_whole(),
             Poll::Ready(Some(Err(_))) | Poll::Pending => {}
         }
         poll

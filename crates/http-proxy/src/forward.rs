@@ -13,6 +13,7 @@ use proxyd_net::{Attempt, Connections, Failure, HttpFacts, Lease, RuleEdits};
 use proxyd_policy::{AbsoluteUrl, Host, Mode, Protocol, Scheme, Target};
 
 use crate::exchange::{Download, Overdue, Progress, Upload};
+use crate::idle::Reading;
 use crate::leased::Leased;
 use crate::origin::{self, Opened, Route, Sender};
 use crate::respond::{self, Blocked};
@@ -28,10 +29,13 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
     tunnels: &Connections,
 ) -> Response<Body> {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let h2 = parts.version == Version::HTTP_2;
-    let mut body = Some(body);
-    let response = decide(shared, peer, Request::from_parts(parts, ()), &mut body, tunnels).await;
+    let reading = parts.extensions.remove::<Reading>();
+    let mut body = Some((body, reading));
+    let req = Request::from_parts(parts, ());
+    let response = decide(shared, peer, req, &mut body, tunnels).await;
+    let body = body.map(|(body, _)| body);
     match body.filter(|_| h2) {
         Some(unread) => {
             response.map(|answer| Unread { answer, request: Some(unread) }.boxed_unsync())
@@ -101,7 +105,7 @@ async fn decide(
     shared: &Shared,
     peer: SocketAddr,
     req: Request<()>,
-    body: &mut Option<Incoming>,
+    body: &mut Option<(Incoming, Option<Reading>)>,
     tunnels: &Connections,
 ) -> Response<Body> {
     // Methods are short tokens; a long one would be copied into every log line, event and
@@ -139,7 +143,7 @@ async fn decide(
     // §8.1) whether or not `Content-Length` is sent (h2 enforces it when it is).
     if req.version() == Version::HTTP_2
         && !req.headers().contains_key(header::CONTENT_LENGTH)
-        && body.as_ref().is_some_and(|body| !body.is_end_stream())
+        && body.as_ref().is_some_and(|(body, _)| !body.is_end_stream())
     {
         side_doors.body = true;
     }
@@ -188,7 +192,7 @@ async fn decide(
             return response;
         }
     };
-    let Some(body) = body.take() else {
+    let Some((body, reading)) = body.take() else {
         return respond::error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no request body");
     };
     // A pooled connection the origin closed meanwhile fails before it answers: a request
@@ -197,7 +201,7 @@ async fn decide(
     let mut progress = Progress::new();
     let (mut outgoing, client_upgrade) = rewrite_request(
         req,
-        Upload::new(Some(body), progress.clone()),
+        Upload::new(Some(body), reading, progress.clone()),
         &url,
         upgrade,
         proxy_authorization,
@@ -224,8 +228,8 @@ async fn decide(
             && fresh.version() == replay.version()
         {
             (sender, key, progress) = (fresh, fresh_key, Progress::new());
-            let outgoing =
-                replay.map(|()| Leased::new(Upload::new(None, progress.clone()), lease.clone()));
+            let outgoing = replay
+                .map(|()| Leased::new(Upload::new(None, None, progress.clone()), lease.clone()));
             sent = send(shared, &mut sender, outgoing, &progress).await;
         }
     }

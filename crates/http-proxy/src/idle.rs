@@ -103,6 +103,29 @@ impl IdleClock {
     }
 }
 
+/// A request body the client may still be sending: counted as an exchange of its connection
+/// until it ends or is dropped, so that its bytes, read after the response has ended (an
+/// origin that answered before reading the upload), are not timed as the next request head.
+/// It travels in the request's extensions to the body that reads it (`exchange::Upload`).
+#[derive(Clone)]
+pub(crate) struct Reading(#[expect(dead_code, reason = "held for its drop")] Arc<Counted>);
+
+struct Counted(IdleClock);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.inner.exchanges.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl IdleClock {
+    /// Counts a request body until the [`Reading`] (and every clone) is dropped.
+    pub(crate) fn reading(&self) -> Reading {
+        self.inner.exchanges.fetch_add(1, Ordering::AcqRel);
+        Reading(Arc::new(Counted(self.clone())))
+    }
+}
+
 /// One exchange of a connection, counted until dropped (with the response body that carries
 /// it).
 pub(crate) struct Exchange {

@@ -142,8 +142,11 @@ pub(crate) async fn drive<S, Svc>(
     let io =
         TokioIo::new(Clocked::http1(stream, clock.clone(), shared.settings.header_read_timeout));
     let counting = clock.clone();
-    let service = service_fn(move |req: Request<Incoming>| {
+    let service = service_fn(move |mut req: Request<Incoming>| {
         let mut exchange = counting.exchange();
+        if !hyper::body::Body::is_end_stream(req.body()) {
+            req.extensions_mut().insert(counting.reading());
+        }
         let connect = req.method() == Method::CONNECT;
         let call = service.call(req);
         let clock = counting.clone();

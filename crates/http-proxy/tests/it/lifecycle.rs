@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use proxyd_test_support::{EchoTcp, HttpOrigin, connect};
 
-use crate::harness::{Client, TIMEOUT, connect_request, get, proxy};
+use crate::harness::{Client, RawOrigin, TIMEOUT, connect_request, get, proxy, request};
 
 /// How long a connection the proxy should close may stay open.
 const CLOSE_WITHIN: Duration = Duration::from_secs(5);
@@ -40,6 +40,34 @@ async fn stalled_second_request_head_gets_408() -> anyhow::Result<()> {
     let answer = client.read_to_close(CLOSE_WITHIN).await?;
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{answer}");
+    Ok(())
+}
+
+/// An origin that answers before reading the upload: the rest of the body, arriving after the
+/// response has ended, is not timed as the next request head (no `408` in the middle).
+#[tokio::test]
+async fn an_upload_that_outlasts_an_early_answer_is_not_taken_for_a_late_head() -> anyhow::Result<()>
+{
+    const CHUNKS: usize = 8;
+    let header_read_timeout = Duration::from_millis(200);
+    let origin = RawOrigin::start("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nearly").await?;
+    let proxy = proxy().header_read_timeout(header_read_timeout).start().await?;
+    let url = format!("http://allowed.test:{}/", origin.addr.port());
+    let mut client = proxy.client().await?;
+    let length = format!("Content-Length: {CHUNKS}");
+    client.write(request("PUT", &url, &[&length])).await?;
+    let early = client.response().await?;
+    assert_eq!((early.status(), early.text().as_str()), (200, "early"), "{early:?}");
+    // The body trickles in over several header read timeouts (the state under test is
+    // "nothing goes wrong meanwhile").
+    for _ in 0..CHUNKS {
+        tokio::time::sleep(header_read_timeout / 2).await;
+        client.write("x").await?;
+    }
+    tokio::time::sleep(header_read_timeout * 2).await;
+    // The connection is still there for the next request, and nothing else was answered.
+    let next = client.request(get(&url)).await?;
+    assert_eq!((next.status(), next.text().as_str()), (200, "early"), "{next:?}");
     Ok(())
 }
 
