@@ -16,7 +16,8 @@
 //!   inside decided again and forwarded like an `https://` request;
 //! - `headers`: hop-by-hop removal, `Via`, limited-mode side doors;
 //! - `broker`: brokered credentials, swapped in request headers on their way to bound hosts;
-//! - `idle`: the idle clock of keep-alive client connections;
+//! - `idle`: the idle clock of client connections and the head clock of HTTP/1.1 ones
+//!   (`header_read_timeout`, `408`);
 //! - `exchange`: the clocks of a forwarded exchange (`response_timeout`, body progress);
 //! - `leased`: request and response bodies that stop the moment their lease is revoked;
 //! - `respond`: blocked and error responses (SPEC §6.1);
