@@ -36,7 +36,7 @@ struct State {
     last: AtomicU64,
     /// Exchanges whose response head is not there yet.
     awaiting: AtomicUsize,
-    /// Exchanges whose response body has not ended.
+    /// Exchanges whose response body has not ended, and request bodies still arriving.
     exchanges: AtomicUsize,
     /// The connection became a tunnel or an upgraded stream: no more request heads.
     upgraded: AtomicBool,
@@ -78,7 +78,7 @@ impl IdleClock {
         }
     }
 
-    /// Whether an exchange's response is still streaming.
+    /// Whether an exchange's response is still streaming, or its request body arriving.
     pub(crate) fn busy(&self) -> bool {
         self.inner.exchanges.load(Ordering::Acquire) > 0
     }
