@@ -5,5 +5,6 @@
 mod accept;
 mod dial;
 mod dns;
+mod lease;
 mod splice;
 mod support;
