@@ -283,3 +283,64 @@ async fn a_disabled_proxy_refuses_udp_associate() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A loopback UDP sink that counts datagrams on its own thread, with a receive buffer large
+/// enough for a whole burst, so what it misses was lost at proxyd's sockets, not at its own.
+struct Sink {
+    addr: SocketAddr,
+    counted: std::sync::mpsc::Receiver<usize>,
+}
+
+impl Sink {
+    fn start(expected: usize) -> anyhow::Result<Sink> {
+        let socket = std::net::UdpSocket::bind(SocketAddr::new(LOCALHOST, 0))?;
+        rustix::net::sockopt::set_socket_recv_buffer_size(&socket, 8 << 20)?;
+        // The sink stops counting after a quiet spell: every datagram still in flight is in a
+        // socket buffer on loopback, so a second of silence means the burst is over.
+        socket.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
+        let addr = socket.local_addr()?;
+        let (tx, counted) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = vec![0; 64 * 1024];
+            let mut count = 0;
+            while count < expected && socket.recv_from(&mut buf).is_ok() {
+                count += 1;
+            }
+            let _ = tx.send(count);
+        });
+        Ok(Sink { addr, counted })
+    }
+
+    /// How many datagrams arrived before the burst ended (bounded).
+    fn count(&self) -> anyhow::Result<usize> {
+        Ok(self.counted.recv_timeout(std::time::Duration::from_secs(30))?)
+    }
+}
+
+/// 1,000 datagrams sent back to back, as fast as the client can: proxyd's relay must hold or
+/// drain them, not drop half at its own socket (issue 16). Loopback loses nothing by itself, so
+/// the bound is tight; the sink's buffer takes the whole burst.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_a_thousand_datagrams_is_relayed() -> anyhow::Result<()> {
+    const BURST: usize = 1000;
+    let sink = Sink::start(BURST)?;
+    let proxy = Setup::new().allow(&[&sink.addr.to_string()]).start().await?;
+    let association = Association::open(&proxy, true).await?;
+    // One datagram first: the route is decided and the outbound socket bound before the burst.
+    let packet = datagram(0, Addr::Ip(sink.addr.ip()), sink.addr.port(), &[7; 512]);
+    association.send(&packet).await?;
+    let client = association.socket.into_std()?;
+    client.set_nonblocking(false)?;
+    let relay = association.relay;
+    let sent = tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
+        for _ in 1..BURST {
+            client.send_to(&packet, relay)?;
+        }
+        Ok(BURST)
+    })
+    .await??;
+    let delivered = tokio::task::spawn_blocking(move || sink.count()).await??;
+    assert!(delivered * 100 >= sent * 95, "only {delivered} of {sent} datagrams reached the sink");
+    drop(association.control);
+    Ok(())
+}
