@@ -13,14 +13,15 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use proxyd_lifecycle::{Connections, Lifecycle, accept_loop};
+use proxyd_lifecycle::{Connections, Evictable, Lifecycle, accept_loop_reserved};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::routes::{self, Body, MAX_BODY};
 use crate::{Control, guard};
 
-/// Longest wait for a request head on the admin listener.
-const MAX_HEAD_WAIT: Duration = Duration::from_secs(5);
+/// Longest wait for a request head on the admin listener: a script or curl sends its head at
+/// once, and a slot held by a slow head is a slot the kill switch may need (issue 16).
+const MAX_HEAD_WAIT: Duration = Duration::from_secs(2);
 
 /// Admin listener settings.
 #[derive(Debug, Clone)]
@@ -42,9 +43,10 @@ impl AdminServer {
         AdminServer { control, settings }
     }
 
-    /// Serves until the lifecycle stops, on the same accept loop as the proxies (bounded,
-    /// EMFILE backoff); requests in flight are then drained and closed by the lifecycle's one
-    /// shutdown.
+    /// Serves until the lifecycle stops, on the lifecycle's reserved accept loop: its own
+    /// `max_connections` budget, the oldest slow head evicted at capacity, and a descriptor
+    /// reserve for when the proxies have used up the rest. Requests in flight are then drained
+    /// and closed by the lifecycle's one shutdown.
     pub async fn serve(self, listener: TcpListener, lifecycle: &Lifecycle) {
         let own = match listener.local_addr() {
             Ok(addr) => addr,
@@ -56,10 +58,11 @@ impl AdminServer {
         let max_connections = self.settings.max_connections;
         let shared = Arc::new(self);
         let closing = lifecycle.clone();
-        let handler = move |stream: TcpStream, peer: SocketAddr| {
-            shared.clone().connection(stream, peer, own, closing.clone())
+        let handler = move |stream: TcpStream, peer: SocketAddr, evictable: Evictable| {
+            shared.clone().connection(stream, peer, own, closing.clone(), evictable)
         };
-        accept_loop(listener, max_connections, lifecycle, Connections::new(), handler).await;
+        accept_loop_reserved(listener, max_connections, lifecycle, Connections::new(), handler)
+            .await;
     }
 
     async fn connection(
@@ -68,11 +71,24 @@ impl AdminServer {
         peer: SocketAddr,
         own: SocketAddr,
         lifecycle: Lifecycle,
+        evictable: Evictable,
     ) {
+        let evicted = evictable.evicted();
+        let evictable = Arc::new(evictable);
         let shared = self.clone();
         let service = service_fn(move |req: Request<Incoming>| {
             let shared = shared.clone();
-            async move { Ok::<_, Infallible>(shared.handle(req, own).await) }
+            // The head is in: from here the request is served, never evicted.
+            let serving = evictable.serving();
+            async move {
+                if !serving {
+                    return Ok(routes::error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "too many connections",
+                    ));
+                }
+                Ok::<_, Infallible>(shared.handle(req, own).await)
+            }
         });
         let mut builder = http1::Builder::new();
         // One request per connection, and a short head timeout: a few busy keep-alive clients
@@ -90,6 +106,8 @@ impl AdminServer {
                 }
                 return;
             }
+            // A newer connection needed the slot while this one was still reading its head.
+            () = evicted => return,
             () = lifecycle.stopping() => {}
         }
         conn.as_mut().graceful_shutdown();

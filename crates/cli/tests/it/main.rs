@@ -13,6 +13,8 @@ mod codex_config;
 mod curl;
 mod dns;
 mod exec;
+mod faults;
+mod faults_admin;
 mod library;
 mod metrics;
 mod mitm;
