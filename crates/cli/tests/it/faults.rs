@@ -114,3 +114,34 @@ pub(crate) async fn cpu_share(pid: u32, window: Duration) -> anyhow::Result<f64>
     let used = cpu_time(pid)?.saturating_sub(before);
     Ok(used.as_secs_f64() / window.as_secs_f64())
 }
+
+/// A `[network]` table with every listener on loopback port 0: HTTP, SOCKS5 (with UDP), admin
+/// and the DNS service, followed by `extra` (one key per line).
+pub(crate) fn all_listeners(extra: &str) -> String {
+    format!(
+        "[network]\n\
+         proxy_url = \"127.0.0.1:0\"\n\
+         admin_url = \"127.0.0.1:0\"\n\
+         socks_url = \"127.0.0.1:0\"\n\
+         dns_url = \"127.0.0.1:0\"\n\
+         enable_socks5 = true\n\
+         {extra}\n"
+    )
+}
+
+/// `dig +tcp` against the DNS service: the answer's status (`NOERROR`, `REFUSED`, `none`).
+pub(crate) async fn dig_tcp(dns: SocketAddr, name: &str) -> anyhow::Result<String> {
+    let output = tokio::process::Command::new("dig")
+        .arg(format!("@{}", dns.ip()))
+        .args(["-p", &dns.port().to_string(), "+tcp", "+tries=1", "+time=8", name, "A"])
+        .kill_on_drop(true)
+        .output();
+    let output = timeout(BOUND, output).await.context("dig did not exit")?.context("run dig")?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    Ok(text
+        .lines()
+        .find_map(|l| l.split("status: ").nth(1))
+        .and_then(|s| s.split(',').next())
+        .unwrap_or("none")
+        .to_owned())
+}
