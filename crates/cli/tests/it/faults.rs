@@ -107,6 +107,13 @@ fn clock_ticks() -> anyhow::Result<f64> {
     Ok(ticks)
 }
 
+/// Resident memory of process `pid` in KiB, from `/proc/PID/status`.
+pub(crate) fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).context("read status")?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
+    line.split_whitespace().nth(1).context("VmRSS value")?.parse().context("VmRSS number")
+}
+
 /// CPU time `pid` used over `window`, as a fraction of the window (1.0 = one busy core).
 pub(crate) async fn cpu_share(pid: u32, window: Duration) -> anyhow::Result<f64> {
     let before = cpu_time(pid)?;

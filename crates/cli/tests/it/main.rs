@@ -16,6 +16,7 @@ mod exec;
 mod faults;
 mod faults_admin;
 mod faults_limits;
+mod faults_origin;
 mod library;
 mod metrics;
 mod mitm;
