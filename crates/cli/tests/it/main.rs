@@ -15,6 +15,7 @@ mod dns;
 mod exec;
 mod faults;
 mod faults_admin;
+mod faults_change;
 mod faults_limits;
 mod faults_origin;
 mod library;
