@@ -156,8 +156,12 @@ impl Association<'_> {
     async fn outgoing_batch(&mut self, first: (usize, SocketAddr), buf: &mut [u8]) -> Option<bool> {
         let (mut n, mut from) = first;
         let mut active = false;
-        for _ in 0..UDP_BATCH {
+        for relayed in 1..=UDP_BATCH {
             active |= self.outgoing(&buf[..n], from).await?;
+            if relayed == UDP_BATCH {
+                // The rest waits for the next wake-up (the socket stays readable).
+                break;
+            }
             match self.sockets.try_recv_client(buf) {
                 Ok(next) => (n, from) = next,
                 Err(error) => {
@@ -180,8 +184,11 @@ impl Association<'_> {
     ) -> bool {
         let (mut n, mut from) = first;
         let mut active = false;
-        for _ in 0..UDP_BATCH {
+        for relayed in 1..=UDP_BATCH {
             active |= self.incoming(&buf[..n], from).await;
+            if relayed == UDP_BATCH {
+                break;
+            }
             let next = match family {
                 Family::V4 => self.sockets.try_recv_v4(buf),
                 Family::V6 => self.sockets.try_recv_v6(buf),

@@ -296,8 +296,8 @@ impl Sink {
         let socket = std::net::UdpSocket::bind(SocketAddr::new(LOCALHOST, 0))?;
         rustix::net::sockopt::set_socket_recv_buffer_size(&socket, 8 << 20)?;
         // The sink stops counting after a quiet spell: every datagram still in flight is in a
-        // socket buffer on loopback, so a second of silence means the burst is over.
-        socket.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
+        // socket buffer on loopback, so seconds of silence mean the burst is over.
+        socket.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
         let addr = socket.local_addr()?;
         let (tx, counted) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -318,8 +318,10 @@ impl Sink {
 }
 
 /// 1,000 datagrams sent back to back, as fast as the client can: proxyd's relay must hold or
-/// drain them, not drop half at its own socket (issue 16). Loopback loses nothing by itself, so
-/// the bound is tight; the sink's buffer takes the whole burst.
+/// drain them, not drop half at its own socket (issue 16). Loopback loses nothing by itself
+/// and the sink's buffer takes the whole burst, so every datagram missing was lost by proxyd:
+/// none may be (before the fix 229-377 arrived; a batch loop that dropped the datagram after
+/// each full batch delivered 997). Needs `net.core.rmem_max` of about 2 MiB (README).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_a_thousand_datagrams_is_relayed() -> anyhow::Result<()> {
     const BURST: usize = 1000;
@@ -340,7 +342,7 @@ async fn a_burst_of_a_thousand_datagrams_is_relayed() -> anyhow::Result<()> {
     })
     .await??;
     let delivered = tokio::task::spawn_blocking(move || sink.count()).await??;
-    assert!(delivered * 100 >= sent * 95, "only {delivered} of {sent} datagrams reached the sink");
+    assert_eq!(delivered, sent, "only {delivered} of {sent} datagrams reached the sink");
     drop(association.control);
     Ok(())
 }
