@@ -346,3 +346,59 @@ async fn a_burst_of_a_thousand_datagrams_is_relayed() -> anyhow::Result<()> {
     drop(association.control);
     Ok(())
 }
+
+/// The other direction: a peer answers a burst of 1,000 with a burst of 1,000, and every reply
+/// reaches the client (the outbound socket's buffer and the batched reply path). The echo and
+/// the client have buffers for the whole burst, so a missing reply was lost by proxyd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_a_thousand_replies_reaches_the_client() -> anyhow::Result<()> {
+    const BURST: usize = 1000;
+    let echo = std::net::UdpSocket::bind(SocketAddr::new(LOCALHOST, 0))?;
+    rustix::net::sockopt::set_socket_recv_buffer_size(&echo, 8 << 20)?;
+    echo.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    let echo_addr = echo.local_addr()?;
+    let proxy = Setup::new().allow(&[&echo_addr.to_string()]).start().await?;
+    let association = Association::open(&proxy, true).await?;
+    rustix::net::sockopt::set_socket_recv_buffer_size(&association.socket, 8 << 20)?;
+    // The route is decided and the outbound socket bound before the burst.
+    association.send_to(echo_addr, b"first").await?;
+    let mut buf = vec![0; 64 * 1024];
+    let (_, relay_side) = echo.recv_from(&mut buf)?;
+    // The echo answers only once the whole burst is in, back to back.
+    let packet = datagram(0, Addr::Ip(echo_addr.ip()), echo_addr.port(), &[7; 512]);
+    for _ in 0..BURST {
+        association.send(&packet).await?;
+    }
+    let answered = tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
+        let mut buf = vec![0; 64 * 1024];
+        // Whatever arrived (the other test counts that direction), then the replies.
+        echo.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
+        for _ in 0..BURST {
+            if echo.recv_from(&mut buf).is_err() {
+                break;
+            }
+        }
+        for _ in 0..BURST {
+            echo.send_to(&[9; 512], relay_side)?;
+        }
+        Ok(BURST)
+    })
+    .await??;
+    let mut delivered = 0;
+    while delivered < answered {
+        let got = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            association.socket.recv_from(&mut buf),
+        )
+        .await;
+        match got {
+            Ok(received) => {
+                received?;
+                delivered += 1;
+            }
+            Err(_quiet) => break,
+        }
+    }
+    assert_eq!(delivered, answered, "only {delivered} of {answered} replies reached the client");
+    Ok(())
+}
