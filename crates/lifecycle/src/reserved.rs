@@ -119,6 +119,9 @@ pub async fn accept_loop_reserved<H, Fut>(
                     () = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
+                // Something else took the released descriptors: take them back as soon as
+                // they are free again.
+                reserve.refill();
                 continue;
             }
             Err(error) => {

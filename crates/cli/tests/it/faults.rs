@@ -18,6 +18,23 @@ use tokio::time::timeout;
 
 use crate::support::BOUND;
 
+/// Raises this test process's open-file soft limit to its hard limit, as proxyd does for
+/// itself: the slow clients need more descriptors than a default soft limit (often 1024).
+/// Fails when even the hard limit cannot hold `needed`.
+pub(crate) fn raise_nofile(needed: u64) -> anyhow::Result<()> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if let (Some(current), Some(maximum)) = (limit.current, limit.maximum)
+        && current < maximum
+    {
+        setrlimit(Resource::Nofile, Rlimit { current: Some(maximum), maximum: Some(maximum) })
+            .context("raise RLIMIT_NOFILE")?;
+    }
+    let now = getrlimit(Resource::Nofile).current;
+    ensure!(now.is_none_or(|n| n >= needed), "RLIMIT_NOFILE {now:?} is below the {needed} needed");
+    Ok(())
+}
+
 /// Connects `n` clients to `addr` and writes `partial` (a head without its end) on each; the
 /// connections stay open until the returned streams are dropped.
 pub(crate) async fn hold_heads(

@@ -8,7 +8,7 @@ use anyhow::ensure;
 use proxyd_test_support::HttpOrigin;
 
 use crate::admin_support::{curl_switch_mode, get, logged_addr};
-use crate::faults::{Dribblers, cpu_share, hold_heads};
+use crate::faults::{Dribblers, cpu_share, hold_heads, raise_nofile};
 use crate::support::{LogFormat, Proxyd, curl, network};
 
 /// Every slot of the admin listener and a backlog of 200 more are slow heads that would each
@@ -32,6 +32,7 @@ async fn slow_heads_on_the_admin_listener_do_not_lock_out_the_kill_switch() -> a
 /// still served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_slow_proxy_clients_leave_the_admin_api_reachable() -> anyhow::Result<()> {
+    raise_nofile(4000)?;
     let origin = HttpOrigin::start().await?;
     let toml = network("allowed_domains = [\"localhost\"]\nheader_read_timeout = \"60s\"");
     let proxyd = Proxyd::start(&toml, &[]).await?;

@@ -8,7 +8,7 @@ use anyhow::{Context as _, ensure};
 use proxyd_test_support::{EchoTcp, HttpOrigin};
 
 use crate::admin_support::{get, logged_addr, open_tunnel};
-use crate::faults::{Dribblers, all_listeners, dig_tcp};
+use crate::faults::{Dribblers, all_listeners, dig_tcp, raise_nofile};
 use crate::support::{Proxyd, curl};
 
 /// Slow clients per listener.
@@ -18,6 +18,7 @@ const SLOW: usize = 300;
 /// byte every 200 ms; a normal client of each listener is served meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_on_every_listener_while_normal_clients_are_served() -> anyhow::Result<()> {
+    raise_nofile(4 * SLOW as u64 + 200)?;
     let origin = HttpOrigin::start().await?;
     let toml = all_listeners("allowed_domains = [\"localhost\"]\nheader_read_timeout = \"60s\"");
     let proxyd = Proxyd::start(&toml, &[]).await?;
