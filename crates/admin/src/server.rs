@@ -19,8 +19,9 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::routes::{self, Body, MAX_BODY};
 use crate::{Control, guard};
 
-/// Longest wait for a request head on the admin listener: a script or curl sends its head at
-/// once, and a slot held by a slow head is a slot the kill switch may need (issue 16).
+/// Longest wait for a request head, and then for its body, on the admin listener: a script or
+/// curl sends both at once, and a slot held by a slow client is a slot the kill switch may
+/// need (issue 16).
 const MAX_HEAD_WAIT: Duration = Duration::from_secs(2);
 
 /// Admin listener settings.
@@ -77,18 +78,8 @@ impl AdminServer {
         let evictable = Arc::new(evictable);
         let shared = self.clone();
         let service = service_fn(move |req: Request<Incoming>| {
-            let shared = shared.clone();
-            // The head is in: from here the request is served, never evicted.
-            let serving = evictable.serving();
-            async move {
-                if !serving {
-                    return Ok(routes::error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "too many connections",
-                    ));
-                }
-                Ok::<_, Infallible>(shared.handle(req, own).await)
-            }
+            let (shared, evictable) = (shared.clone(), evictable.clone());
+            async move { Ok::<_, Infallible>(shared.handle(req, own, &evictable).await) }
         });
         let mut builder = http1::Builder::new();
         // One request per connection, and a short head timeout: a few busy keep-alive clients
@@ -117,7 +108,12 @@ impl AdminServer {
         }
     }
 
-    async fn handle(&self, req: Request<Incoming>, own: SocketAddr) -> Response<Body> {
+    async fn handle(
+        &self,
+        req: Request<Incoming>,
+        own: SocketAddr,
+        evictable: &Evictable,
+    ) -> Response<Body> {
         let (parts, body) = req.into_parts();
         let path = parts.uri.path().to_owned();
         let token = self.settings.token.as_deref();
@@ -135,8 +131,10 @@ impl AdminServer {
             }
             return response;
         }
+        // The body is bounded like the head: a slot held by a slow body is a slot the kill
+        // switch may need.
         let body = match tokio::time::timeout(
-            self.settings.header_read_timeout,
+            self.settings.header_read_timeout.min(MAX_HEAD_WAIT),
             Limited::new(body, MAX_BODY).collect(),
         )
         .await
@@ -145,6 +143,10 @@ impl AdminServer {
             Ok(Err(_)) => return routes::error(StatusCode::PAYLOAD_TOO_LARGE, "body too large"),
             Err(_) => return routes::error(StatusCode::REQUEST_TIMEOUT, "body read timed out"),
         };
+        // The whole request is in: from here it is served, never evicted.
+        if !evictable.serving() {
+            return routes::error(StatusCode::SERVICE_UNAVAILABLE, "too many connections");
+        }
         routes::route(
             &*self.control,
             &parts.method,

@@ -5,9 +5,10 @@
 //! keep it reachable where [`accept_loop`](crate::accept_loop) would leave a client waiting in
 //! the backlog:
 //!
-//! - **Slow heads are evicted.** At capacity, a new connection closes the oldest one still
-//!   waiting for its request head (a request being served is never cut), so a few hundred
-//!   clients that never finish a head cannot hold every slot until their head timeout.
+//! - **Slow requests are evicted.** At capacity, a new connection closes the oldest one
+//!   still waiting for its request (the listener calls [`Evictable::serving`] once the
+//!   request is in; a request being served is never cut), so a few hundred clients that never
+//!   finish a head or a body cannot hold every slot until their timeout.
 //! - **A descriptor reserve.** The loop holds [`RESERVE`] spare descriptors. When `accept`
 //!   fails because the process is out of descriptors (EMFILE), it releases them and accepts at
 //!   once instead of backing off; each connection's task takes its share back when it ends.
@@ -49,7 +50,7 @@ pub struct Evictable {
 }
 
 impl Evictable {
-    /// The request head has arrived: from now on the connection is never evicted. Returns
+    /// The request has arrived: from now on the connection is never evicted. Returns
     /// `false` when it was evicted already (the handler should stop).
     pub fn serving(&self) -> bool {
         self.slot
@@ -78,7 +79,8 @@ impl Evictable {
 /// Like [`accept_loop`](crate::accept_loop) (bounded by `max_connections`, a span and a
 /// connection id per handler, counted in `connections` and the lifecycle), for the listener
 /// that must stay reachable: at capacity a new connection evicts the oldest one still waiting
-/// for its head, and a descriptor reserve is released when accepting runs out of descriptors.
+/// for its request, and a descriptor reserve is released when accepting runs out of
+/// descriptors.
 /// See the module documentation.
 pub async fn accept_loop_reserved<H, Fut>(
     listener: TcpListener,
@@ -164,7 +166,7 @@ pub async fn accept_loop_reserved<H, Fut>(
     tracing::debug!("accept loop stopped");
 }
 
-/// Evicts the oldest connection still waiting for its head, if any.
+/// Evicts the oldest connection still waiting for its request, if any.
 fn evict_oldest(heads: &mut VecDeque<Weak<Slot>>) {
     while let Some(slot) = heads.pop_front() {
         let Some(slot) = slot.upgrade() else { continue };
@@ -173,7 +175,7 @@ fn evict_oldest(heads: &mut VecDeque<Weak<Slot>>) {
             .compare_exchange(WAITING, EVICTED, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
-            tracing::debug!("at capacity: closed the oldest connection still reading its head");
+            tracing::debug!("at capacity: closed the oldest connection still reading its request");
             slot.evict.notify_one();
             return;
         }

@@ -28,6 +28,23 @@ async fn slow_heads_on_the_admin_listener_do_not_lock_out_the_kill_switch() -> a
     Ok(())
 }
 
+/// The same with complete heads and bodies that never come (`POST /mode` announcing 100
+/// bytes): a request is not being served until its body is in, so these are evicted too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_bodies_on_the_admin_listener_do_not_lock_out_the_kill_switch() -> anyhow::Result<()> {
+    let toml = network(
+        "allowed_domains = [\"localhost\"]\nadmin_max_connections = 16\nheader_read_timeout = \"60s\"",
+    );
+    let proxyd = Proxyd::start(&toml, &[]).await?;
+    let admin = logged_addr(&proxyd, "admin").await?;
+    let head = b"POST /mode HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{";
+    let held = hold_heads(admin, 116, head).await?;
+    curl_switch_mode(admin, "limited").await?;
+    get(admin, "/health").await?.expect(200)?;
+    drop(held);
+    Ok(())
+}
+
 /// 3,000 slowloris clients on the HTTP proxy: the admin API and a normal proxy client are
 /// still served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
