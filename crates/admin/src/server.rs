@@ -13,14 +13,16 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use proxyd_lifecycle::{Connections, Lifecycle, accept_loop};
+use proxyd_lifecycle::{Connections, Evictable, Lifecycle, accept_loop_reserved};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::routes::{self, Body, MAX_BODY};
 use crate::{Control, guard};
 
-/// Longest wait for a request head on the admin listener.
-const MAX_HEAD_WAIT: Duration = Duration::from_secs(5);
+/// Longest wait for a request head, and then for its body, on the admin listener: a script or
+/// curl sends both at once, and a slot held by a slow client is a slot the kill switch may
+/// need (issue 16).
+const MAX_HEAD_WAIT: Duration = Duration::from_secs(2);
 
 /// Admin listener settings.
 #[derive(Debug, Clone)]
@@ -42,9 +44,10 @@ impl AdminServer {
         AdminServer { control, settings }
     }
 
-    /// Serves until the lifecycle stops, on the same accept loop as the proxies (bounded,
-    /// EMFILE backoff); requests in flight are then drained and closed by the lifecycle's one
-    /// shutdown.
+    /// Serves until the lifecycle stops, on the lifecycle's reserved accept loop: its own
+    /// `max_connections` budget, the oldest slow head evicted at capacity, and a descriptor
+    /// reserve for when the proxies have used up the rest. Requests in flight are then drained
+    /// and closed by the lifecycle's one shutdown.
     pub async fn serve(self, listener: TcpListener, lifecycle: &Lifecycle) {
         let own = match listener.local_addr() {
             Ok(addr) => addr,
@@ -56,10 +59,11 @@ impl AdminServer {
         let max_connections = self.settings.max_connections;
         let shared = Arc::new(self);
         let closing = lifecycle.clone();
-        let handler = move |stream: TcpStream, peer: SocketAddr| {
-            shared.clone().connection(stream, peer, own, closing.clone())
+        let handler = move |stream: TcpStream, peer: SocketAddr, evictable: Evictable| {
+            shared.clone().connection(stream, peer, own, closing.clone(), evictable)
         };
-        accept_loop(listener, max_connections, lifecycle, Connections::new(), handler).await;
+        accept_loop_reserved(listener, max_connections, lifecycle, Connections::new(), handler)
+            .await;
     }
 
     async fn connection(
@@ -68,11 +72,14 @@ impl AdminServer {
         peer: SocketAddr,
         own: SocketAddr,
         lifecycle: Lifecycle,
+        evictable: Evictable,
     ) {
+        let evicted = evictable.evicted();
+        let evictable = Arc::new(evictable);
         let shared = self.clone();
         let service = service_fn(move |req: Request<Incoming>| {
-            let shared = shared.clone();
-            async move { Ok::<_, Infallible>(shared.handle(req, own).await) }
+            let (shared, evictable) = (shared.clone(), evictable.clone());
+            async move { Ok::<_, Infallible>(shared.handle(req, own, &evictable).await) }
         });
         let mut builder = http1::Builder::new();
         // One request per connection, and a short head timeout: a few busy keep-alive clients
@@ -90,6 +97,8 @@ impl AdminServer {
                 }
                 return;
             }
+            // A newer connection needed the slot while this one was still reading its head.
+            () = evicted => return,
             () = lifecycle.stopping() => {}
         }
         conn.as_mut().graceful_shutdown();
@@ -99,7 +108,12 @@ impl AdminServer {
         }
     }
 
-    async fn handle(&self, req: Request<Incoming>, own: SocketAddr) -> Response<Body> {
+    async fn handle(
+        &self,
+        req: Request<Incoming>,
+        own: SocketAddr,
+        evictable: &Evictable,
+    ) -> Response<Body> {
         let (parts, body) = req.into_parts();
         let path = parts.uri.path().to_owned();
         let token = self.settings.token.as_deref();
@@ -117,8 +131,10 @@ impl AdminServer {
             }
             return response;
         }
+        // The body is bounded like the head: a slot held by a slow body is a slot the kill
+        // switch may need.
         let body = match tokio::time::timeout(
-            self.settings.header_read_timeout,
+            self.settings.header_read_timeout.min(MAX_HEAD_WAIT),
             Limited::new(body, MAX_BODY).collect(),
         )
         .await
@@ -127,6 +143,10 @@ impl AdminServer {
             Ok(Err(_)) => return routes::error(StatusCode::PAYLOAD_TOO_LARGE, "body too large"),
             Err(_) => return routes::error(StatusCode::REQUEST_TIMEOUT, "body read timed out"),
         };
+        // The whole request is in: from here it is served, never evicted.
+        if !evictable.serving() {
+            return routes::error(StatusCode::SERVICE_UNAVAILABLE, "too many connections");
+        }
         routes::route(
             &*self.control,
             &parts.method,

@@ -9,15 +9,15 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
 use crate::Lifecycle;
 
 /// First sleep after an accept error that means resource exhaustion; doubled up to
 /// [`MAX_BACKOFF`] while the errors go on.
-const MIN_BACKOFF: Duration = Duration::from_millis(5);
-const MAX_BACKOFF: Duration = Duration::from_secs(1);
+pub(crate) const MIN_BACKOFF: Duration = Duration::from_millis(5);
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Connection ids, unique across every listener of the process, for tracing spans.
 static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
@@ -147,28 +147,43 @@ pub async fn accept_loop<H, Fut>(
                 continue;
             }
         };
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%peer, %error, "setting TCP_NODELAY failed");
-        }
-        let id = NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed);
-        let span = tracing::info_span!("conn", id, %peer);
-        let tracked = (connections.track(), lifecycle.track());
-        let handling = handler(stream, peer);
-        tokio::spawn(
-            async move {
-                let _permit = permit;
-                let _tracked = tracked;
-                handling.await;
-            }
-            .instrument(span),
-        );
+        set_nodelay(&stream, peer);
+        spawn(lifecycle, &connections, permit, peer, handler(stream, peer));
     }
     tracing::debug!("accept loop stopped");
 }
 
+pub(crate) fn set_nodelay(stream: &TcpStream, peer: SocketAddr) {
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%peer, %error, "setting TCP_NODELAY failed");
+    }
+}
+
+/// Runs one connection's handler in its own task, in a span with a fresh connection id,
+/// counted in `connections` and the lifecycle, holding `permit` until it returns.
+pub(crate) fn spawn(
+    lifecycle: &Lifecycle,
+    connections: &Connections,
+    permit: OwnedSemaphorePermit,
+    peer: SocketAddr,
+    handling: impl Future<Output = ()> + Send + 'static,
+) {
+    let id = NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::info_span!("conn", id, %peer);
+    let tracked = (connections.track(), lifecycle.track());
+    tokio::spawn(
+        async move {
+            let _permit = permit;
+            let _tracked = tracked;
+            handling.await;
+        }
+        .instrument(span),
+    );
+}
+
 /// Errors that say the process or the machine is out of something, so retrying at once would
 /// spin: EMFILE, ENFILE, ENOBUFS, ENOMEM.
-fn is_resource_exhaustion(error: &io::Error) -> bool {
+pub(crate) fn is_resource_exhaustion(error: &io::Error) -> bool {
     if error.kind() == io::ErrorKind::OutOfMemory {
         return true;
     }

@@ -4,6 +4,8 @@
 //! what is left, once.
 //!
 //! - `accept`: [`accept_loop`] (bounded, EMFILE backoff) and [`Connections`] counting;
+//! - `reserved`: [`accept_loop_reserved`], the admin API's loop, which stays reachable when the
+//!   proxies are overrun (slow heads evicted at capacity, a descriptor reserve);
 //! - [`Lifecycle`]: the stop and close signals every connection, tunnel and association
 //!   listens to, and [`Lifecycle::shutdown`].
 //!
@@ -11,6 +13,7 @@
 //! admin API never dials. It installs no global state.
 
 mod accept;
+mod reserved;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,6 +22,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 pub use accept::{Connections, Tracked, accept_loop};
+pub use reserved::{Evictable, RESERVE, accept_loop_reserved};
 
 /// After the drain ran out and everything was told to close: how long shutdown waits for the
 /// handlers to notice before it returns anyway.

@@ -75,4 +75,4 @@ pub trait Interceptor: Send + Sync + 'static {
     fn serve(&self, admission: Admission, stream: tokio::net::TcpStream) -> BoxFuture<'static, ()>;
 }
 pub use splice::{SPLICE_BUFFER_SIZE, SPLICE_INITIAL_BUFFER_SIZE, splice};
-pub use udp::{Association, UdpRoute};
+pub use udp::{Association, UDP_BATCH, UdpRoute};

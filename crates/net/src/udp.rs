@@ -20,6 +20,16 @@ use crate::engine::{Engine, Event, Outcome};
 /// cannot be sent in time is dropped, as the network would.
 const SEND_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Receive and send buffer asked for on every association socket. The defaults (about 200 KiB
+/// on Linux) hold only a few hundred datagrams, so a client's burst was dropped at the relay
+/// before proxyd was scheduled to read it. The kernel caps the request at `net.core.rmem_max`
+/// and `wmem_max`; it is a bound, not an allocation.
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Datagrams relayed per wake-up at most, before the relay loop polls its other sockets and
+/// timers again: a burst is drained in one go, and one busy direction cannot starve the other.
+pub const UDP_BATCH: usize = 256;
+
 /// Where datagrams for one destination go: a checked address, valid for the policy and mode
 /// generation it was decided in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +137,22 @@ impl Association {
         self.relay.recv_from(buf).await
     }
 
+    /// A datagram already waiting on the relay, without waiting (`WouldBlock` when none is):
+    /// the relay loop drains a burst after each wake-up.
+    pub fn try_recv_client(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        self.relay.try_recv_from(buf)
+    }
+
+    /// A datagram already waiting on the outbound IPv4 socket, without waiting.
+    pub fn try_recv_v4(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        try_recv(self.v4.as_ref(), buf)
+    }
+
+    /// A datagram already waiting on the outbound IPv6 socket, without waiting.
+    pub fn try_recv_v6(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        try_recv(self.v6.as_ref(), buf)
+    }
+
     /// A datagram on the outbound IPv4 socket, once there is one.
     pub async fn recv_v4(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
         recv(self.v4.as_ref(), buf).await
@@ -181,9 +207,25 @@ async fn recv(socket: Option<&UdpSocket>, buf: &mut [u8]) -> io::Result<(usize, 
     }
 }
 
+fn try_recv(socket: Option<&UdpSocket>, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+    match socket {
+        Some(socket) => socket.try_recv_from(buf),
+        None => Err(io::ErrorKind::WouldBlock.into()),
+    }
+}
+
+/// Binds an association socket with [`SOCKET_BUFFER`]-sized buffers (best effort: a smaller
+/// buffer only means more loss under bursts, as the network would).
 #[expect(clippy::disallowed_methods, reason = "the one place UDP sockets are bound (SPEC §7.1)")]
 async fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
-    UdpSocket::bind(addr).await
+    let socket = UdpSocket::bind(addr).await?;
+    if let Err(error) = rustix::net::sockopt::set_socket_recv_buffer_size(&socket, SOCKET_BUFFER) {
+        tracing::debug!(%error, "raising the udp receive buffer failed");
+    }
+    if let Err(error) = rustix::net::sockopt::set_socket_send_buffer_size(&socket, SOCKET_BUFFER) {
+        tracing::debug!(%error, "raising the udp send buffer failed");
+    }
+    Ok(socket)
 }
 
 /// Sends one datagram within [`SEND_TIMEOUT`]; `false` when it was dropped.

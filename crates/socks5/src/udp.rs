@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 
 use fast_socks5::util::target_addr::TargetAddr;
 use fast_socks5::{consts, new_udp_header, parse_udp_request};
-use proxyd_net::Association as Sockets;
+use proxyd_net::{Association as Sockets, UDP_BATCH};
 use proxyd_policy::Target;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -83,6 +83,13 @@ struct Association<'a> {
     peers: Peers,
 }
 
+/// The outbound socket a reply arrived on.
+#[derive(Clone, Copy)]
+enum Family {
+    V4,
+    V6,
+}
+
 /// What woke the relay loop.
 enum Wake {
     End(&'static str),
@@ -118,14 +125,18 @@ impl Association<'_> {
             };
             let active = match wake {
                 Wake::End(why) => return why,
-                Wake::FromClient(Ok((n, from))) => {
-                    match self.outgoing(&from_client[..n], from).await {
+                Wake::FromClient(Ok(first)) => {
+                    match self.outgoing_batch(first, &mut from_client).await {
                         Some(active) => active,
                         None => return "association ended (mode, policy or shutdown)",
                     }
                 }
-                Wake::FromV4(Ok((n, from))) => self.incoming(&from_v4[..n], from).await,
-                Wake::FromV6(Ok((n, from))) => self.incoming(&from_v6[..n], from).await,
+                Wake::FromV4(Ok(first)) => {
+                    self.incoming_batch(first, &mut from_v4, Family::V4).await
+                }
+                Wake::FromV6(Ok(first)) => {
+                    self.incoming_batch(first, &mut from_v6, Family::V6).await
+                }
                 Wake::FromClient(Err(error))
                 | Wake::FromV4(Err(error))
                 | Wake::FromV6(Err(error)) => {
@@ -137,6 +148,62 @@ impl Association<'_> {
                 idle_timer.as_mut().reset(Instant::now() + idle);
             }
         }
+    }
+
+    /// The datagram that woke the loop, then every one already waiting on the relay, up to
+    /// [`UDP_BATCH`]: one wake-up drains a burst instead of one datagram (issue 16). Returns
+    /// whether any was the client's, or `None` when the association's lease was revoked.
+    async fn outgoing_batch(&mut self, first: (usize, SocketAddr), buf: &mut [u8]) -> Option<bool> {
+        let (mut n, mut from) = first;
+        let mut active = false;
+        for relayed in 1..=UDP_BATCH {
+            active |= self.outgoing(&buf[..n], from).await?;
+            if relayed == UDP_BATCH {
+                // The rest waits for the next wake-up (the socket stays readable).
+                break;
+            }
+            match self.sockets.try_recv_client(buf) {
+                Ok(next) => (n, from) = next,
+                Err(error) => {
+                    if error.kind() != std::io::ErrorKind::WouldBlock {
+                        tracing::debug!(%error, "udp receive failed");
+                    }
+                    break;
+                }
+            }
+        }
+        Some(active)
+    }
+
+    /// Like [`Self::outgoing_batch`], for replies on one outbound socket.
+    async fn incoming_batch(
+        &mut self,
+        first: (usize, SocketAddr),
+        buf: &mut [u8],
+        family: Family,
+    ) -> bool {
+        let (mut n, mut from) = first;
+        let mut active = false;
+        for relayed in 1..=UDP_BATCH {
+            active |= self.incoming(&buf[..n], from).await;
+            if relayed == UDP_BATCH {
+                break;
+            }
+            let next = match family {
+                Family::V4 => self.sockets.try_recv_v4(buf),
+                Family::V6 => self.sockets.try_recv_v6(buf),
+            };
+            match next {
+                Ok(next) => (n, from) = next,
+                Err(error) => {
+                    if error.kind() != std::io::ErrorKind::WouldBlock {
+                        tracing::debug!(%error, "udp receive failed");
+                    }
+                    break;
+                }
+            }
+        }
+        active
     }
 
     /// A datagram on the relay socket. Returns whether it was the client's, or `None` when the

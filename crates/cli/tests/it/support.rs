@@ -40,7 +40,20 @@ pub(crate) fn network(extra: &str) -> String {
 /// `SSL_CERT_FILE`, no `RUST_LOG` but `info`, and `CODEX_HOME` pointing at `dir` so no user
 /// config is read.
 fn proxyd_command(dir: &Path) -> Command {
-    let mut command = Command::new(PROXYD);
+    proxyd_command_under(&[], dir)
+}
+
+/// [`proxyd_command`] run as `WRAPPER... proxyd` (e.g. `prlimit --nofile=64:64 --`), where the
+/// wrapper execs proxyd in its own process.
+fn proxyd_command_under(wrapper: &[&str], dir: &Path) -> Command {
+    let mut command = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut command = Command::new(program);
+            command.args(args).arg(PROXYD);
+            command
+        }
+        None => Command::new(PROXYD),
+    };
     command
         .env_clear()
         .env("CODEX_HOME", dir)
@@ -123,13 +136,23 @@ impl Proxyd {
         toml: &str,
         args: &[&str],
     ) -> anyhow::Result<Proxyd> {
+        Self::start_under(&[], format, toml, args).await
+    }
+
+    /// [`Proxyd::start_with`], run as `WRAPPER... proxyd ...` (see [`proxyd_command_under`]).
+    pub(crate) async fn start_under(
+        wrapper: &[&str],
+        format: LogFormat,
+        toml: &str,
+        args: &[&str],
+    ) -> anyhow::Result<Proxyd> {
         let dir = temp_dir("proxyd-cli-it")?;
         let config = write_config(&dir, toml)?;
         let format_arg = match format {
             LogFormat::Text => "text",
             LogFormat::Json => "json",
         };
-        let mut child = proxyd_command(&dir)
+        let mut child = proxyd_command_under(wrapper, &dir)
             .args(["--log-format", format_arg, "--config"])
             .arg(&config)
             .args(args)
@@ -157,6 +180,11 @@ impl Proxyd {
     /// The bound HTTP proxy address, as logged.
     pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The process id (for `/proc/PID/...`).
+    pub(crate) fn pid(&self) -> anyhow::Result<u32> {
+        self.child.id().context("proxyd already exited")
     }
 
     /// Everything written to stderr so far.
