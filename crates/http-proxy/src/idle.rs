@@ -53,6 +53,11 @@ impl<S> Clocked<S> {
     pub(crate) fn new(inner: S, clock: IdleClock) -> Clocked<S> {
         Clocked { inner, clock }
     }
+
+    /// The stream, for a tunnel relay, which has its own idle clock.
+    pub(crate) fn into_inner(self) -> S {
+        self.inner
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Clocked<S> {

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use fast_socks5::consts;
-use proxyd_net::{Attempt, Failure};
+use proxyd_net::{Attempt, End, Failure, Side};
 use proxyd_policy::{Protocol, Target};
 use tokio::net::TcpStream;
 
@@ -71,8 +71,12 @@ pub(crate) async fn handle(
         return;
     }
     let idle = shared.settings.idle_timeout;
-    match lease.splice(client, connected.stream, idle).await {
-        Ok((up, down)) => tracing::debug!(up, down, peer = %connected.peer, "tunnel closed"),
-        Err(error) => tracing::debug!(%error, "tunnel ended with an error"),
+    let spliced = lease.splice(Side::tcp(client), Side::tcp(connected.stream), idle).await;
+    let (up, down, peer) = (spliced.a_to_b, spliced.b_to_a, connected.peer);
+    match spliced.end {
+        End::Failed(error) => {
+            tracing::debug!(up, down, %peer, %error, "tunnel ended with an error")
+        }
+        _ => tracing::debug!(up, down, %peer, "tunnel closed"),
     }
 }

@@ -39,6 +39,9 @@ async fn websocket_upgrade_is_relayed_both_ways() -> anyhow::Result<()> {
     assert!(seen.header("connection").is_some_and(|c| c.eq_ignore_ascii_case("upgrade")));
     assert_eq!(seen.header("sec-websocket-version"), Some("13"));
     assert_eq!(proxy.outcomes(), [(Protocol::Http, Outcome::Allowed)]);
+    // Plain on both sides: relayed without copies.
+    #[cfg(target_os = "linux")]
+    assert_eq!(proxy.engine.relay_stats().zero_copy, 1);
     Ok(())
 }
 
