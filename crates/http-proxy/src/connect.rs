@@ -8,7 +8,7 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use proxyd_net::{Attempt, Connections, End, Failure, Refusal, Side};
+use proxyd_net::{Attempt, Connections, Failure, Refusal, RelayEnd, Side};
 use proxyd_policy::{Mode, Protocol, Reason, SideDoors, Target};
 
 use tokio::net::TcpStream;
@@ -124,7 +124,7 @@ async fn open_tunnel(
                 let spliced = lease.splice(client, Side::tcp(stream), idle).await;
                 let (up, down) = (spliced.a_to_b, spliced.b_to_a);
                 match spliced.end {
-                    End::Failed(err) => {
+                    RelayEnd::Failed(err) => {
                         tracing::debug!(up, down, error = %err, "tunnel ended with an error");
                     }
                     _ => tracing::debug!(up, down, "tunnel closed"),

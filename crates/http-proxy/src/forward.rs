@@ -363,7 +363,8 @@ fn relay_upgrade(
                     io.into_inner().into_inner()
                 });
                 let upstream = upgraded_side(upstream, TokioIo::<TcpStream>::into_inner);
-                if let proxyd_net::End::Failed(err) = lease.splice(client, upstream, idle).await.end
+                if let proxyd_net::RelayEnd::Failed(err) =
+                    lease.splice(client, upstream, idle).await.end
                 {
                     tracing::debug!(error = %err, "upgraded connection ended with an error");
                 }

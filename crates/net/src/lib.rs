@@ -76,6 +76,6 @@ pub trait Interceptor: Send + Sync + 'static {
     fn serve(&self, admission: Admission, stream: tokio::net::TcpStream) -> BoxFuture<'static, ()>;
 }
 pub use splice::{
-    End, RELAY_POOL_SIZE, Relay, RelayPath, RelayStats, SPLICE_BUFFER_SIZE, Side, Spliced,
+    RELAY_POOL_SIZE, Relay, RelayEnd, RelayPath, RelayStats, SPLICE_BUFFER_SIZE, Side, Spliced,
 };
 pub use udp::{Association, UdpRoute};

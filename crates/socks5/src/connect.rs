@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use fast_socks5::consts;
-use proxyd_net::{Attempt, End, Failure, Side};
+use proxyd_net::{Attempt, Failure, RelayEnd, Side};
 use proxyd_policy::{Protocol, Target};
 use tokio::net::TcpStream;
 
@@ -74,7 +74,7 @@ pub(crate) async fn handle(
     let spliced = lease.splice(Side::tcp(client), Side::tcp(connected.stream), idle).await;
     let (up, down, peer) = (spliced.a_to_b, spliced.b_to_a, connected.peer);
     match spliced.end {
-        End::Failed(error) => {
+        RelayEnd::Failed(error) => {
             tracing::debug!(up, down, %peer, %error, "tunnel ended with an error")
         }
         _ => tracing::debug!(up, down, %peer, "tunnel closed"),

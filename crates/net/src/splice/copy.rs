@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::{End, Io, Relay, RelayPath, Spliced, both, drive, poll_shutdown};
+use super::{Io, Relay, RelayEnd, RelayPath, Spliced, both, drive, poll_shutdown};
 
 pub(super) async fn relay(
     relay: &Relay,
@@ -25,7 +25,7 @@ pub(super) async fn relay(
 ) -> Spliced {
     let mut a_to_b = Pump::new(a_pending);
     let mut b_to_a = Pump::new(b_pending);
-    let end: End = drive(idle_timeout, close, |cx, progressed| {
+    let end: RelayEnd = drive(idle_timeout, close, |cx, progressed| {
         let forward = a_to_b.poll(cx, relay, &mut a, &mut b, progressed);
         let backward = b_to_a.poll(cx, relay, &mut b, &mut a, progressed);
         both(forward, backward)
@@ -192,7 +192,7 @@ mod tests {
                 .unwrap();
         assert_eq!(server_got.unwrap(), request);
         assert_eq!(client_got.unwrap(), reply);
-        assert!(matches!(spliced.end, End::Done), "{spliced:?}");
+        assert!(matches!(spliced.end, RelayEnd::Done), "{spliced:?}");
         assert_eq!((spliced.a_to_b, spliced.b_to_a), (100_000, 50_000));
         assert_eq!(spliced.path, RelayPath::Copy);
     }

@@ -80,7 +80,7 @@ pub enum RelayPath {
 
 /// Why a tunnel ended.
 #[derive(Debug)]
-pub enum End {
+pub enum RelayEnd {
     /// Both directions finished (EOF read and passed on as a shutdown).
     Done,
     /// No byte moved in either direction for `idle_timeout`.
@@ -96,7 +96,7 @@ pub enum End {
 pub struct Spliced {
     pub a_to_b: u64,
     pub b_to_a: u64,
-    pub end: End,
+    pub end: RelayEnd,
     pub path: RelayPath,
 }
 
@@ -165,10 +165,10 @@ impl Relay {
         };
         let (a_to_b, b_to_a) = (spliced.a_to_b, spliced.b_to_a);
         match &spliced.end {
-            End::Done => tracing::trace!(a_to_b, b_to_a, "splice done"),
-            End::Idle => tracing::debug!(a_to_b, b_to_a, "splice idle"),
-            End::Closed => tracing::debug!(a_to_b, b_to_a, "splice closed"),
-            End::Failed(error) => tracing::debug!(a_to_b, b_to_a, %error, "splice failed"),
+            RelayEnd::Done => tracing::trace!(a_to_b, b_to_a, "splice done"),
+            RelayEnd::Idle => tracing::debug!(a_to_b, b_to_a, "splice idle"),
+            RelayEnd::Closed => tracing::debug!(a_to_b, b_to_a, "splice closed"),
+            RelayEnd::Failed(error) => tracing::debug!(a_to_b, b_to_a, %error, "splice failed"),
         }
         spliced
     }
@@ -220,19 +220,19 @@ async fn drive(
     idle_timeout: Duration,
     close: impl Future<Output = ()>,
     mut pumps: impl FnMut(&mut Context<'_>, &mut bool) -> Poll<io::Result<()>>,
-) -> End {
+) -> RelayEnd {
     let mut last_progress = Instant::now();
     let idle = sleep_until(last_progress + idle_timeout);
     tokio::pin!(idle, close);
     poll_fn(|cx| {
         if close.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(End::Closed);
+            return Poll::Ready(RelayEnd::Closed);
         }
         let mut progressed = false;
         let pumped = pumps(cx, &mut progressed);
         match pumped {
-            Poll::Ready(Ok(())) => return Poll::Ready(End::Done),
-            Poll::Ready(Err(error)) => return Poll::Ready(End::Failed(error)),
+            Poll::Ready(Ok(())) => return Poll::Ready(RelayEnd::Done),
+            Poll::Ready(Err(error)) => return Poll::Ready(RelayEnd::Failed(error)),
             Poll::Pending => {}
         }
         if progressed {
@@ -245,11 +245,11 @@ async fn drive(
 
 /// The idle check: the timer is re-armed only when it fires early (some progress since it was
 /// set), not on every chunk.
-fn poll_idle(cx: &mut Context<'_>, mut idle: Pin<&mut Sleep>, deadline: Instant) -> Poll<End> {
+fn poll_idle(cx: &mut Context<'_>, mut idle: Pin<&mut Sleep>, deadline: Instant) -> Poll<RelayEnd> {
     loop {
         ready!(idle.as_mut().poll(cx));
         if Instant::now() >= deadline {
-            return Poll::Ready(End::Idle);
+            return Poll::Ready(RelayEnd::Idle);
         }
         idle.as_mut().reset(deadline);
     }

@@ -22,7 +22,7 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use super::{
-    End, RELAY_POOL_SIZE, Relay, RelayPath, SPLICE_BUFFER_SIZE, Spliced, both, drive, lock,
+    RELAY_POOL_SIZE, Relay, RelayEnd, RelayPath, SPLICE_BUFFER_SIZE, Spliced, both, drive, lock,
     poll_shutdown,
 };
 
@@ -43,7 +43,7 @@ pub(super) async fn relay(
 ) -> Spliced {
     let mut a_to_b = Flow::new(relay, a_pending);
     let mut b_to_a = Flow::new(relay, b_pending);
-    let end: End = drive(idle_timeout, close, |cx, progressed| {
+    let end: RelayEnd = drive(idle_timeout, close, |cx, progressed| {
         let forward = a_to_b.poll(cx, &mut a, &mut b, progressed);
         let backward = b_to_a.poll(cx, &mut b, &mut a, progressed);
         both(forward, backward)

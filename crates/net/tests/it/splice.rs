@@ -6,7 +6,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use proxyd_net::{End, Relay, RelayPath, Side, Spliced};
+use proxyd_net::{Relay, RelayEnd, RelayPath, Side, Spliced};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -74,7 +74,7 @@ async fn tunnel_on(
 async fn finished(
     spliced: JoinHandle<Spliced>,
     path: RelayPath,
-    want: fn(&End) -> bool,
+    want: fn(&RelayEnd) -> bool,
 ) -> anyhow::Result<(u64, u64)> {
     let spliced = bounded(spliced).await??;
     anyhow::ensure!(want(&spliced.end), "{path:?}: ended as {:?}", spliced.end);
@@ -82,8 +82,8 @@ async fn finished(
     Ok((spliced.a_to_b, spliced.b_to_a))
 }
 
-fn done(end: &End) -> bool {
-    matches!(end, End::Done)
+fn done(end: &RelayEnd) -> bool {
+    matches!(end, RelayEnd::Done)
 }
 
 fn data(len: u32) -> Vec<u8> {
@@ -178,7 +178,7 @@ async fn an_idle_tunnel_is_closed() -> anyhow::Result<()> {
         let mut buf = [0; 1];
         bounded(upstream.read_exact(&mut buf)).await??;
 
-        let counts = finished(spliced, path, |end| matches!(end, End::Idle)).await?;
+        let counts = finished(spliced, path, |end| matches!(end, RelayEnd::Idle)).await?;
         assert_eq!(counts, (1, 0), "{path:?}");
         assert!(started.elapsed() >= idle);
         // Both sides see the tunnel closed.
@@ -230,7 +230,7 @@ async fn the_close_signal_ends_the_tunnel() -> anyhow::Result<()> {
         bounded(client.read_exact(&mut buf)).await??;
 
         close_tx.send(()).ok();
-        let counts = finished(spliced, path, |end| matches!(end, End::Closed)).await?;
+        let counts = finished(spliced, path, |end| matches!(end, RelayEnd::Closed)).await?;
         assert_eq!(counts, (0, 3), "{path:?}");
         let mut rest = Vec::new();
         assert_eq!(bounded(client.read_to_end(&mut rest)).await??, 0);
@@ -277,7 +277,7 @@ async fn an_error_mid_transfer_keeps_the_counts() -> anyhow::Result<()> {
         // Closing with unread bytes in the receive buffer resets the connection.
         drop(client);
         let spliced = bounded(spliced).await??;
-        assert!(matches!(spliced.end, End::Failed(_)), "{path:?}: {:?}", spliced.end);
+        assert!(matches!(spliced.end, RelayEnd::Failed(_)), "{path:?}: {:?}", spliced.end);
         assert!(spliced.b_to_a >= 200_000, "{path:?}: {spliced:?}");
         sender.abort();
     }
@@ -380,7 +380,7 @@ async fn a_pipe_with_bytes_left_is_not_pooled() -> anyhow::Result<()> {
         written?;
     }
     close_tx.send(()).ok();
-    finished(spliced, RelayPath::ZeroCopy, |end| matches!(end, End::Closed)).await?;
+    finished(spliced, RelayPath::ZeroCopy, |end| matches!(end, RelayEnd::Closed)).await?;
     let stats = relay.stats();
     assert_eq!(stats.pipes_created, 1, "{stats:?}");
     assert_eq!(stats.pipes_pooled, 0, "a pipe holding bytes went back to the pool: {stats:?}");
