@@ -140,12 +140,26 @@ impl Relay {
     ///   streams are dropped (closed).
     /// - When `close` completes, both streams are dropped.
     /// - An I/O error on either side ends both directions.
-    pub async fn splice(
+    pub fn splice<'a>(
+        &'a self,
+        a: Side,
+        b: Side,
+        idle_timeout: Duration,
+        close: impl Future<Output = ()> + Send + 'a,
+    ) -> impl Future<Output = Spliced> + Send + 'a {
+        // Boxed once here: each async layer below would otherwise keep a copy of it for the
+        // tunnel's whole life (rustc does not overlap a moved-out argument), which is most of
+        // what an idle tunnel's task weighs.
+        let close: Pin<Box<dyn Future<Output = ()> + Send + 'a>> = Box::pin(close);
+        self.relay(a, b, idle_timeout, close)
+    }
+
+    async fn relay(
         &self,
         a: Side,
         b: Side,
         idle_timeout: Duration,
-        close: impl Future<Output = ()>,
+        close: Pin<Box<dyn Future<Output = ()> + Send + '_>>,
     ) -> Spliced {
         let spliced = match (a.0, b.0) {
             #[cfg(target_os = "linux")]
