@@ -140,7 +140,8 @@ async fn open_tunnel(
 
 /// One end of a relay from a hyper upgrade: the TCP socket under it when hyper's I/O is `T`
 /// (so it can be relayed without copies), with the bytes hyper already read from it;
-/// otherwise the upgraded stream itself (TLS inside interception).
+/// otherwise the upgraded stream itself (an upgrade inside an intercepted tunnel, or to a TLS
+/// origin), which is copied.
 pub(crate) fn upgraded_side<T>(upgraded: Upgraded, socket: impl FnOnce(T) -> TcpStream) -> Side
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
