@@ -38,7 +38,8 @@
 //!   never reach the resolver. Answers are deduplicated, order kept.
 //! - **Relay** polls both directions in the caller's task. A direction holds a pipe (zero
 //!   copy) or a [`SPLICE_BUFFER_SIZE`] buffer (copy) only while bytes flow; both come from
-//!   pools of at most [`RELAY_POOL_SIZE`] in the engine's [`Relay`].
+//!   pools of at most [`RELAY_POOL_SIZE`] in the engine's [`Relay`], which lets at most
+//!   [`MAX_PIPES`] pipes exist and copies a chunk when none is to be had.
 
 mod admission;
 mod ask;
@@ -76,6 +77,7 @@ pub trait Interceptor: Send + Sync + 'static {
     fn serve(&self, admission: Admission, stream: tokio::net::TcpStream) -> BoxFuture<'static, ()>;
 }
 pub use splice::{
-    RELAY_POOL_SIZE, Relay, RelayEnd, RelayPath, RelayStats, SPLICE_BUFFER_SIZE, Side, Spliced,
+    MAX_PIPES, RELAY_POOL_SIZE, Relay, RelayEnd, RelayPath, RelayStats, SPLICE_BUFFER_SIZE, Side,
+    Spliced,
 };
 pub use udp::{Association, UdpRoute};

@@ -7,7 +7,8 @@
 //!   and from the pipe into the other, so the payload never enters user space. A direction
 //!   holds a pipe only while bytes flow: the pipe comes from the [`Relay`]'s small pool when
 //!   the source is readable and goes back when it is empty and the source would block. A pipe
-//!   with bytes left in it is closed, never pooled.
+//!   with bytes left in it is closed, never pooled. When no pipe is to be had ([`MAX_PIPES`]
+//!   exist, or no descriptor is left), the chunk goes through a borrowed buffer.
 //! - `copy` (TLS, hyper's upgraded connections that are not plain sockets, other systems):
 //!   reads into a buffer borrowed from the relay's pool for the call, so an idle tunnel holds
 //!   no buffer; one is kept only while its bytes wait for the writer.
@@ -36,6 +37,11 @@ pub const SPLICE_BUFFER_SIZE: usize = 64 * 1024;
 /// How many idle pipes (two descriptors each) and copy buffers the relay keeps for reuse.
 /// Beyond that they are closed or freed when a direction is done with them.
 pub const RELAY_POOL_SIZE: usize = 32;
+
+/// How many pipes may exist at once (two descriptors each, pooled or in use). A direction
+/// that finds none to spare, or none the system will make (`EMFILE`), moves its next chunk
+/// through a borrowed buffer instead.
+pub const MAX_PIPES: usize = 512;
 
 /// An end of a tunnel. A plain TCP socket can be relayed without copies; anything else is
 /// copied.
@@ -111,23 +117,52 @@ pub struct RelayStats {
     pub pipes_created: u64,
     /// Empty pipes in the pool now.
     pub pipes_pooled: usize,
+    /// Chunks a zero-copy tunnel copied because no pipe was to be had.
+    pub pipe_shortages: u64,
 }
 
 /// Relays tunnels, and owns what they borrow while bytes flow: the pipe pool and the copy
 /// buffers. One per engine.
-#[derive(Default)]
 pub struct Relay {
     #[cfg(target_os = "linux")]
     pipes: Mutex<Vec<zero_copy::Pipe>>,
     buffers: Mutex<Vec<Box<[u8]>>>,
+    /// Pipes that exist now, pooled or in use, and how many may.
+    #[cfg(target_os = "linux")]
+    live_pipes: std::sync::atomic::AtomicUsize,
+    #[cfg_attr(not(target_os = "linux"), expect(dead_code, reason = "no pipes here"))]
+    max_pipes: usize,
     zero_copy: AtomicU64,
     copied: AtomicU64,
     pipes_created: AtomicU64,
+    pipe_shortages: AtomicU64,
+}
+
+impl Default for Relay {
+    fn default() -> Relay {
+        Relay::with_max_pipes(MAX_PIPES)
+    }
 }
 
 impl Relay {
     pub fn new() -> Relay {
         Relay::default()
+    }
+
+    /// A relay that keeps at most `max_pipes` pipes at once ([`MAX_PIPES`] by default).
+    pub fn with_max_pipes(max_pipes: usize) -> Relay {
+        Relay {
+            #[cfg(target_os = "linux")]
+            pipes: Mutex::default(),
+            buffers: Mutex::default(),
+            #[cfg(target_os = "linux")]
+            live_pipes: Default::default(),
+            max_pipes,
+            zero_copy: AtomicU64::new(0),
+            copied: AtomicU64::new(0),
+            pipes_created: AtomicU64::new(0),
+            pipe_shortages: AtomicU64::new(0),
+        }
     }
 
     /// Relays `a → b` and `b → a` until both directions are done, and returns the bytes
@@ -196,6 +231,7 @@ impl Relay {
             pipes_pooled: lock(&self.pipes).len(),
             #[cfg(not(target_os = "linux"))]
             pipes_pooled: 0,
+            pipe_shortages: self.pipe_shortages.load(Ordering::Relaxed),
         }
     }
 

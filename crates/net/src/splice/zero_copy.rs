@@ -90,21 +90,25 @@ impl<'r> Flow<'r> {
         if self.shut_down {
             return Poll::Ready(Ok(()));
         }
-        while !self.pending.is_empty() {
-            ready!(dst.poll_write_ready(cx))?;
-            match dst.try_write(&self.pending) {
-                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Ok(n) => {
-                    self.pending.drain(..n);
-                    self.amount += n as u64;
-                    *progressed = true;
-                }
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                Err(error) => return Poll::Ready(Err(error)),
-            }
-        }
-        self.pending = Vec::new();
         loop {
+            // Bytes that went through user space: hyper's read buffer, or a chunk read while
+            // no pipe was to be had.
+            while !self.pending.is_empty() {
+                ready!(dst.poll_write_ready(cx))?;
+                match dst.try_write(&self.pending) {
+                    Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Ok(n) => {
+                        self.pending.drain(..n);
+                        self.amount += n as u64;
+                        *progressed = true;
+                    }
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(error) => return Poll::Ready(Err(error)),
+                }
+            }
+            if self.pending.capacity() > 0 {
+                self.pending = Vec::new();
+            }
             if let Some(pipe) = self.pipe.as_ref().filter(|_| self.in_pipe > 0) {
                 ready!(dst.poll_write_ready(cx))?;
                 let dst = &*dst;
@@ -133,7 +137,13 @@ impl<'r> Flow<'r> {
             ready!(src.poll_read_ready(cx))?;
             let pipe = match self.pipe.take() {
                 Some(pipe) => pipe,
-                None => self.relay.take_pipe()?,
+                None => match self.relay.take_pipe()? {
+                    Some(pipe) => pipe,
+                    None => {
+                        self.copy_chunk(src, progressed)?;
+                        continue;
+                    }
+                },
             };
             let src = &*src;
             let moved = src.try_io(Interest::READABLE, || {
@@ -154,6 +164,29 @@ impl<'r> Flow<'r> {
         }
     }
 
+    /// Reads one chunk through a borrowed buffer into `pending`, for want of a pipe.
+    fn copy_chunk(&mut self, src: &TcpStream, progressed: &mut bool) -> io::Result<()> {
+        self.relay.pipe_shortages.fetch_add(1, Ordering::Relaxed);
+        let mut buf = self.relay.take_buffer();
+        let read = src.try_read(&mut buf);
+        let result = match read {
+            Ok(0) => {
+                self.read_eof = true;
+                Ok(())
+            }
+            Ok(n) => {
+                self.pending = buf[..n].to_vec();
+                *progressed = true;
+                Ok(())
+            }
+            // Readiness cleared: the next `poll_read_ready` waits for bytes.
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Err(error) => Err(error),
+        };
+        self.relay.give_buffer(buf);
+        result
+    }
+
     /// Returns the pipe to the pool; only ever called when it is empty.
     fn give_back(&mut self) {
         debug_assert_eq!(self.in_pipe, 0);
@@ -168,18 +201,38 @@ impl Drop for Flow<'_> {
         // A pipe with bytes in it is closed with them.
         if self.in_pipe == 0 {
             self.give_back();
+        } else if let Some(pipe) = self.pipe.take() {
+            self.relay.close_pipe(pipe);
         }
     }
 }
 
 impl Relay {
-    fn take_pipe(&self) -> io::Result<Pipe> {
+    /// A pooled pipe or a new one; `None` when `max_pipes` exist or the system has no
+    /// descriptors left.
+    fn take_pipe(&self) -> io::Result<Option<Pipe>> {
         if let Some(pipe) = lock(&self.pipes).pop() {
-            return Ok(pipe);
+            return Ok(Some(pipe));
         }
-        let (read, write) = pipe_with(PipeFlags::NONBLOCK | PipeFlags::CLOEXEC)?;
-        self.pipes_created.fetch_add(1, Ordering::Relaxed);
-        Ok(Pipe { read, write })
+        let reserved = self.live_pipes.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < self.max_pipes).then_some(n + 1)
+        });
+        if reserved.is_err() {
+            return Ok(None);
+        }
+        match pipe_with(PipeFlags::NONBLOCK | PipeFlags::CLOEXEC) {
+            Ok((read, write)) => {
+                self.pipes_created.fetch_add(1, Ordering::Relaxed);
+                Ok(Some(Pipe { read, write }))
+            }
+            Err(errno) => {
+                self.live_pipes.fetch_sub(1, Ordering::AcqRel);
+                match errno {
+                    rustix::io::Errno::MFILE | rustix::io::Errno::NFILE => Ok(None),
+                    errno => Err(errno.into()),
+                }
+            }
+        }
     }
 
     /// Pools an empty pipe; closes it when the pool is full.
@@ -187,6 +240,14 @@ impl Relay {
         let mut pipes = lock(&self.pipes);
         if pipes.len() < RELAY_POOL_SIZE {
             pipes.push(pipe);
+        } else {
+            drop(pipes);
+            self.close_pipe(pipe);
         }
+    }
+
+    fn close_pipe(&self, pipe: Pipe) {
+        drop(pipe);
+        self.live_pipes.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -410,3 +410,49 @@ async fn anything_but_two_sockets_is_copied() -> anyhow::Result<()> {
     assert_eq!((relay.stats().zero_copy, relay.stats().copied), (0, 1));
     Ok(())
 }
+
+/// A relay with no pipe to spare (its `max_pipes` reached, or no descriptors left) moves the
+/// bytes through a borrowed buffer instead, with the same half-close and counts; with one
+/// pipe, the two directions share it or copy.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn without_a_pipe_to_spare_the_bytes_are_copied() -> anyhow::Result<()> {
+    for max_pipes in [0, 1] {
+        let relay = Arc::new(Relay::with_max_pipes(max_pipes));
+        let nothing: (&[u8], &[u8]) = (b"", b"");
+        let Tunnel { mut client, mut upstream, spliced } =
+            tunnel_on(relay.clone(), RelayPath::ZeroCopy, nothing, BOUND, std::future::pending())
+                .await?;
+        let (request, reply) = (data(3_000_000), data(2_000_000));
+        // Both ways at once, each side half-closing when it has sent everything.
+        let (mut client_read, mut client_write) = client.split();
+        let (mut upstream_read, mut upstream_write) = upstream.split();
+        let mut to_upstream = Vec::new();
+        let mut to_client = Vec::new();
+        bounded(async {
+            tokio::try_join!(
+                async {
+                    client_write.write_all(&request).await?;
+                    client_write.shutdown().await
+                },
+                async {
+                    upstream_write.write_all(&reply).await?;
+                    upstream_write.shutdown().await
+                },
+                upstream_read.read_to_end(&mut to_upstream),
+                client_read.read_to_end(&mut to_client),
+            )
+        })
+        .await??;
+        assert!(to_upstream == request, "max_pipes {max_pipes}: request corrupted");
+        assert!(to_client == reply, "max_pipes {max_pipes}: reply corrupted");
+        let counts = finished(spliced, RelayPath::ZeroCopy, done).await?;
+        assert_eq!(counts, (3_000_000, 2_000_000), "max_pipes {max_pipes}");
+        let stats = relay.stats();
+        assert!(stats.pipes_created <= max_pipes as u64, "{stats:?}");
+        if max_pipes == 0 {
+            assert!(stats.pipe_shortages > 0, "{stats:?}");
+        }
+    }
+    Ok(())
+}
