@@ -6,10 +6,14 @@ use std::sync::Arc;
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
+use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use proxyd_net::{Attempt, Connections, Failure, Refusal};
+use proxyd_net::{Attempt, Connections, Failure, Refusal, RelayEnd, Side};
 use proxyd_policy::{Mode, Protocol, Reason, SideDoors, Target};
 
+use tokio::net::TcpStream;
+
+use crate::idle::Clocked;
 use crate::origin;
 use crate::respond::{self, Blocked};
 use crate::server::{Shared, track_tunnel};
@@ -113,14 +117,37 @@ async fn open_tunnel(
         let _guard = guard;
         match on_upgrade.await {
             // hyper hands over any bytes the client pipelined after the head (SPEC §7.3).
-            Ok(upgraded) => match lease.splice(TokioIo::new(upgraded), stream, idle).await {
-                Ok((up, down)) => tracing::debug!(up, down, "tunnel closed"),
-                Err(err) => tracing::debug!(error = %err, "tunnel ended with an error"),
-            },
+            Ok(upgraded) => {
+                let client = upgraded_side(upgraded, |io: TokioIo<Clocked<TcpStream>>| {
+                    io.into_inner().into_inner()
+                });
+                let spliced = lease.splice(client, Side::tcp(stream), idle).await;
+                let (up, down) = (spliced.a_to_b, spliced.b_to_a);
+                match spliced.end {
+                    RelayEnd::Failed(err) => {
+                        tracing::debug!(up, down, error = %err, "tunnel ended with an error");
+                    }
+                    _ => tracing::debug!(up, down, "tunnel closed"),
+                }
+            }
             Err(err) => tracing::debug!(error = %err, "connect upgrade failed"),
         }
     });
     let mut response = Response::new(respond::empty());
     *response.status_mut() = StatusCode::OK;
     response
+}
+
+/// One end of a relay from a hyper upgrade: the TCP socket under it when hyper's I/O is `T`
+/// (so it can be relayed without copies), with the bytes hyper already read from it;
+/// otherwise the upgraded stream itself (an upgrade inside an intercepted tunnel, or to a TLS
+/// origin), which is copied.
+pub(crate) fn upgraded_side<T>(upgraded: Upgraded, socket: impl FnOnce(T) -> TcpStream) -> Side
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+{
+    match upgraded.downcast::<T>() {
+        Ok(parts) => Side::tcp_with_pending(socket(parts.io), Vec::from(parts.read_buf)),
+        Err(upgraded) => Side::io(TokioIo::new(upgraded)),
+    }
 }

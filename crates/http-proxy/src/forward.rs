@@ -437,8 +437,16 @@ fn relay_upgrade(
         let Some(client_upgrade) = client_upgrade else { return };
         match tokio::try_join!(client_upgrade, upstream_upgrade) {
             Ok((client, upstream)) => {
-                let result = lease.splice(TokioIo::new(client), TokioIo::new(upstream), idle).await;
-                if let Err(err) = result {
+                use crate::{connect::upgraded_side, idle::Clocked};
+                use tokio::net::TcpStream;
+                // Plain on both sides (not `wss`): relayed without copies.
+                let client = upgraded_side(client, |io: TokioIo<Clocked<TcpStream>>| {
+                    io.into_inner().into_inner()
+                });
+                let upstream = upgraded_side(upstream, TokioIo::<TcpStream>::into_inner);
+                if let proxyd_net::RelayEnd::Failed(err) =
+                    lease.splice(client, upstream, idle).await.end
+                {
                     tracing::debug!(error = %err, "upgraded connection ended with an error");
                 }
             }

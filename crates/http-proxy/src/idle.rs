@@ -177,6 +177,11 @@ impl<S> Clocked<S> {
         };
         Clocked { inner, clock, head: Some(head) }
     }
+
+    /// The stream, for a tunnel relay, which has its own idle clock.
+    pub(crate) fn into_inner(self) -> S {
+        self.inner
+    }
 }
 
 /// The head clock of an HTTP/1.1 connection (one timer, reset once per request head).

@@ -112,8 +112,9 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
         async move { Ok::<_, Infallible>(handle(shared, peer, req, &tunnels).await) }
     });
     // The connection is dropped when `drive` returns, so a CONNECT whose upgrade never
-    // happened (a drain that ran out mid-dial) releases its tunnel guard.
-    drive(&shared, stream, service, std::future::pending()).await;
+    // happened (a drain that ran out mid-dial) releases its tunnel guard. Boxed, so that its
+    // state is freed then too, not kept in this task for as long as the tunnels last.
+    Box::pin(drive(&shared, stream, service, std::future::pending())).await;
     // Tunnels end by themselves, by their idle timeout, limited mode or the end of a drain.
     conn_tunnels.wait_idle().await;
 }

@@ -14,7 +14,6 @@
 //!    re-checks, and which ends the exchange when that change would refuse it.
 
 use std::future::Future;
-use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -24,12 +23,13 @@ use proxyd_policy::{
     Decision, Mode, Policy, Protocol, Reason, Request, RequestFacts, RuleVerdict, SideDoors,
     Target, UnixSocketRule, Verdict,
 };
-use tokio::io::{AsyncRead, AsyncWrite};
+
 use tokio::sync::Notify;
 
 use crate::dial::{Checked, Connected, OperatorEndpoint};
 use crate::engine::{DeciderAnswer, DeciderRequest, Engine, Event, Outcome, Snapshot};
 use crate::error::DialError;
+use crate::splice::{Side, Spliced};
 
 /// One request or connection to decide, as the listener parsed it off the wire.
 #[derive(Debug, Clone)]
@@ -828,17 +828,13 @@ impl Lease {
     }
 
     /// Relays a tunnel (SPEC §7.3) until both sides are done, `idle_timeout` passes without a
-    /// byte, or the lease ends; the bytes moved are reported to the event sinks.
-    pub async fn splice<A, B>(&self, a: A, b: B, idle_timeout: Duration) -> io::Result<(u64, u64)>
-    where
-        A: AsyncRead + AsyncWrite + Unpin,
-        B: AsyncRead + AsyncWrite + Unpin,
-    {
-        let result = crate::splice::splice(a, b, idle_timeout, self.ended()).await;
-        if let Ok((up, down)) = &result {
-            self.inner.engine.record_tunnel_bytes(self.inner.protocol, *up, *down);
-        }
-        result
+    /// byte, the lease ends, or an I/O error; the bytes moved are reported to the event sinks
+    /// whatever ended it.
+    pub async fn splice(&self, a: Side, b: Side, idle_timeout: Duration) -> Spliced {
+        let engine = &self.inner.engine;
+        let spliced = engine.inner.relay.splice(a, b, idle_timeout, self.ended()).await;
+        engine.record_tunnel_bytes(self.inner.protocol, spliced.a_to_b, spliced.b_to_a);
+        spliced
     }
 }
 

@@ -18,6 +18,7 @@ use crate::admission::{Facts, LeaseState};
 use crate::ask::Asker;
 use crate::dial::Dialer;
 use crate::resolve::BoxFuture;
+use crate::splice::{Relay, RelayStats};
 
 /// What the policy decider sees (SPEC §9): only allowlist misses reach it.
 #[derive(Debug, Clone)]
@@ -124,6 +125,8 @@ pub(crate) struct Inner {
     /// Every live exchange (tunnel, upgraded connection, streaming request, association).
     leases: Mutex<HashMap<u64, Arc<LeaseState>>>,
     next_lease: AtomicU64,
+    /// Relays every tunnel and owns the pipes and buffers they borrow.
+    pub(crate) relay: Relay,
 }
 
 impl Engine {
@@ -287,6 +290,12 @@ impl Engine {
         }
     }
 
+    /// What the tunnel relay has done: how many tunnels went through `splice(2)` and how many
+    /// were copied, and its pipe pool.
+    pub fn relay_stats(&self) -> RelayStats {
+        self.inner.relay.stats()
+    }
+
     pub(crate) fn record_tunnel_bytes(&self, protocol: Protocol, up: u64, down: u64) {
         for sink in &self.inner.sinks {
             sink.tunnel_bytes(protocol.as_str(), up, down);
@@ -342,6 +351,7 @@ impl EngineBuilder {
                 lifecycle: self.lifecycle,
                 leases: Mutex::new(HashMap::new()),
                 next_lease: AtomicU64::new(1),
+                relay: Relay::new(),
             }),
         }
     }

@@ -15,7 +15,8 @@
 //! - `resolve`: the injectable [`Resolver`] ([`SystemResolver`], an asynchronous DNS client, in
 //!   production; [`StaticResolver`] in tests); `lookups`: coalescing and per-client shares of
 //!   every lookup, so one client cannot starve the others;
-//! - `splice`: [`splice()`], the bidirectional copy with half-close and one idle clock.
+//! - `splice`: the tunnel [`Relay`]: `splice(2)` through pooled pipes between two TCP sockets
+//!   on Linux, a copy through borrowed buffers otherwise, with half-close and one idle clock.
 //!
 //! It must not parse protocols or present refusals on a wire (status codes, `x-proxy-error`,
 //! SOCKS replies belong to the listeners), nor hand a host name to anything that resolves it
@@ -35,9 +36,10 @@
 //!   bounded by `connect_timeout`.
 //! - **No second resolution**: `localhost` names and IP literals use `Host::fixed_addrs()` and
 //!   never reach the resolver. Answers are deduplicated, order kept.
-//! - **Splice** polls both directions in the caller's task. Each direction starts with a
-//!   [`SPLICE_INITIAL_BUFFER_SIZE`] (4 KiB) buffer and moves to [`SPLICE_BUFFER_SIZE`]
-//!   (64 KiB) the first time a read fills it.
+//! - **Relay** polls both directions in the caller's task. A direction holds a pipe (zero
+//!   copy) or a [`SPLICE_BUFFER_SIZE`] buffer (copy) only while bytes flow; both come from
+//!   pools of at most [`RELAY_POOL_SIZE`] in the engine's [`Relay`], which lets at most
+//!   [`MAX_PIPES`] pipes exist and copies a chunk when none is to be had.
 
 mod admission;
 mod ask;
@@ -74,5 +76,8 @@ pub trait Interceptor: Send + Sync + 'static {
     /// Serves the tunnel on `stream`; the admission is settled when the TLS handshake ends.
     fn serve(&self, admission: Admission, stream: tokio::net::TcpStream) -> BoxFuture<'static, ()>;
 }
-pub use splice::{SPLICE_BUFFER_SIZE, SPLICE_INITIAL_BUFFER_SIZE, splice};
+pub use splice::{
+    MAX_PIPES, RELAY_POOL_SIZE, Relay, RelayEnd, RelayPath, RelayStats, SPLICE_BUFFER_SIZE, Side,
+    Spliced,
+};
 pub use udp::{Association, UDP_BATCH, UdpRoute};

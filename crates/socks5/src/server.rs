@@ -74,35 +74,55 @@ impl Socks5Proxy {
 /// resolved or dialled then is dropped with it, and nothing is dialled after shutdown.
 async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     let closing = shared.engine.lifecycle().closing();
-    tokio::select! {
-        () = handle_connection(&shared, stream, peer) => {}
-        () = closing => tracing::debug!("socks5 connection closed by shutdown"),
+    // Boxed, so that the handshake, the decision and the dial are freed before a tunnel
+    // relays: the relay keeps this task for as long as the tunnel is open. The relay ends
+    // with the lifecycle's close by itself (its lease's `ended`).
+    let opened = tokio::select! {
+        opened = Box::pin(handle_connection(&shared, stream, peer)) => opened,
+        () = closing => {
+            tracing::debug!("socks5 connection closed by shutdown");
+            None
+        }
+    };
+    if let Some(open) = opened {
+        connect::relay(&shared, open).await;
     }
 }
 
-/// Negotiation and request under one `handshake_timeout`, then the command.
-async fn handle_connection(shared: &Shared, mut stream: TcpStream, peer: SocketAddr) {
+/// Negotiation and request under one `handshake_timeout`, then the command; a `CONNECT`
+/// comes back opened, to be relayed.
+async fn handle_connection(
+    shared: &Shared,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+) -> Option<connect::Open> {
     let limit = shared.settings.handshake_timeout;
     let deadline = Instant::now() + limit;
     match timeout_at(deadline, wire::negotiate(&mut stream)).await {
         Ok(Ok(())) => {}
         Ok(Err(error)) => {
             tracing::debug!(%error, "greeting refused");
-            return;
+            return None;
         }
         Err(_elapsed) => {
             tracing::debug!("greeting timed out");
-            return;
+            return None;
         }
     }
     let request = match timeout_at(deadline, wire::read_request(&mut stream)).await {
         Ok(Ok(request)) => request,
-        Ok(Err(error)) => return refuse(&mut stream, &error, limit).await,
-        Err(_elapsed) => return refuse(&mut stream, &Socks5Error::Timeout, limit).await,
+        Ok(Err(error)) => {
+            refuse(&mut stream, &error, limit).await;
+            return None;
+        }
+        Err(_elapsed) => {
+            refuse(&mut stream, &Socks5Error::Timeout, limit).await;
+            return None;
+        }
     };
     match request.command {
         Command::Connect => match request.target() {
-            Ok(target) => connect::handle(shared, stream, peer, target).await,
+            Ok(target) => return connect::open(shared, stream, peer, target).await,
             Err(error) => refuse(&mut stream, &error, limit).await,
         },
         Command::UdpAssociate if shared.settings.enable_udp => {
@@ -114,6 +134,7 @@ async fn handle_connection(shared: &Shared, mut stream: TcpStream, peer: SocketA
             wire::send_reply(&mut stream, code, UNSPECIFIED, limit).await;
         }
     }
+    None
 }
 
 /// Answers a request that failed before any decision; nothing is recorded, as for a malformed

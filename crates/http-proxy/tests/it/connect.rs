@@ -147,6 +147,9 @@ async fn bytes_pipelined_after_the_head_reach_the_upstream() -> anyhow::Result<(
     let head = client.head().await?;
     assert_eq!(head.status, 200, "{head:?}");
     assert_eq!(client.read_exact(11).await?, b"early bytes");
+    // hyper read them with the head: the zero-copy relay sent them first.
+    #[cfg(target_os = "linux")]
+    assert_eq!(proxy.engine.relay_stats().zero_copy, 1);
     Ok(())
 }
 
@@ -202,5 +205,108 @@ async fn connect_without_a_port_is_400() -> anyhow::Result<()> {
         proxy.send("CONNECT allowed.test HTTP/1.1\r\nHost: allowed.test\r\n\r\n").await?;
     assert_eq!(response.status(), 400, "{response:?}");
     assert_eq!(proxy.resolver.total_lookups(), 0);
+    Ok(())
+}
+
+/// An origin that sends `total` bytes to every connection, then closes it. Stops when the
+/// handle is dropped.
+async fn firehose(total: usize) -> anyhow::Result<(std::net::SocketAddr, AbortOnDrop)> {
+    let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let chunk = vec![b'x'; 64 * 1024];
+                let mut sent = 0;
+                while sent < total {
+                    let n = chunk.len().min(total - sent);
+                    if stream.write_all(&chunk[..n]).await.is_err() {
+                        return;
+                    }
+                    sent += n;
+                }
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    Ok((addr, AbortOnDrop(task)))
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Issue 16: a client that closes mid-download ends the tunnel with an error (the proxy's
+/// next write is reset), and the bytes it did receive still count.
+#[tokio::test]
+async fn a_tunnel_that_ends_with_an_error_still_counts_its_bytes() -> anyhow::Result<()> {
+    let (origin, _origin) = firehose(64 * 1024 * 1024).await?;
+    let proxy = proxy().start().await?;
+    let mut client = proxy.client().await?;
+    open_tunnel(&mut client, &format!("allowed.test:{}", origin.port())).await?;
+    let read = 256 * 1024;
+    client.read_exact(read).await?;
+    // Closing with unread bytes in the receive buffer resets the connection.
+    drop(client);
+    let counted = timeout(TIMEOUT, async {
+        loop {
+            if let Some(row) = proxy.tunnel_bytes().pop() {
+                return row;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("no tunnel bytes recorded for a tunnel that ended"))?;
+    assert_eq!(counted.0, "http-connect");
+    assert_eq!(counted.1, 0, "{counted:?}");
+    assert!(counted.2 >= read as u64, "the client received {read} bytes: {counted:?}");
+    Ok(())
+}
+
+/// A plain tunnel on Linux is relayed with `splice(2)`: both ways, several MiB, half-closed
+/// from the client, and counted.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_plain_tunnel_is_relayed_without_copies() -> anyhow::Result<()> {
+    let echo = EchoTcp::start().await?;
+    let proxy = proxy().start().await?;
+    let client = proxy.client().await?;
+    let mut client = {
+        let mut client = client;
+        open_tunnel(&mut client, &format!("allowed.test:{}", echo.addr().port())).await?;
+        client.into_stream()?
+    };
+    let data: Vec<u8> = (0..6 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let (mut read, mut write) = client.split();
+    let sent = async {
+        write.write_all(&data).await?;
+        write.shutdown().await
+    };
+    let received = async {
+        let mut got = Vec::with_capacity(data.len());
+        read.read_to_end(&mut got).await?;
+        std::io::Result::Ok(got)
+    };
+    let ((), got) = timeout(TIMEOUT, async { tokio::try_join!(sent, received) }).await??;
+    assert!(got == data, "echoed bytes differ");
+    let counted = timeout(TIMEOUT, async {
+        loop {
+            if let Some(row) = proxy.tunnel_bytes().pop() {
+                return row;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await?;
+    let len = data.len() as u64;
+    assert_eq!(counted, ("http-connect".to_owned(), len, len));
+    let stats = proxy.engine.relay_stats();
+    assert_eq!((stats.zero_copy, stats.copied), (1, 0), "{stats:?}");
+    assert!(stats.pipes_created <= 2 && stats.pipes_pooled == stats.pipes_created as usize);
     Ok(())
 }

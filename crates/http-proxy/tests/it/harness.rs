@@ -41,13 +41,17 @@ const KNOWN_NAMES: &[&str] =
 const ALLOWED: &[&str] =
     &["allowed.test", "*.allowed.test", "bypass.test", "localhost", "127.0.0.1"];
 
-/// Collects every decision event.
+/// Collects every decision event and every tunnel's byte counts.
 #[derive(Default)]
-pub(crate) struct Events(Mutex<Vec<Event>>);
+pub(crate) struct Events(Mutex<Vec<Event>>, Mutex<Vec<(String, u64, u64)>>);
 
 impl EventSink for Events {
     fn record(&self, event: &Event) {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).push(event.clone());
+    }
+
+    fn tunnel_bytes(&self, protocol: &str, up: u64, down: u64) {
+        self.1.lock().unwrap_or_else(PoisonError::into_inner).push((protocol.into(), up, down));
     }
 }
 
@@ -280,6 +284,11 @@ impl Proxy {
     /// Every decision event so far.
     pub(crate) fn events(&self) -> Vec<Event> {
         self.events.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// `(protocol, up, down)` of every tunnel that ended so far.
+    pub(crate) fn tunnel_bytes(&self) -> Vec<(String, u64, u64)> {
+        self.events.1.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// The protocol and outcome of every decision so far.

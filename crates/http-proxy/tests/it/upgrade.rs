@@ -39,6 +39,9 @@ async fn websocket_upgrade_is_relayed_both_ways() -> anyhow::Result<()> {
     assert!(seen.header("connection").is_some_and(|c| c.eq_ignore_ascii_case("upgrade")));
     assert_eq!(seen.header("sec-websocket-version"), Some("13"));
     assert_eq!(proxy.outcomes(), [(Protocol::Http, Outcome::Allowed)]);
+    // Plain on both sides: relayed without copies.
+    #[cfg(target_os = "linux")]
+    assert_eq!(proxy.engine.relay_stats().zero_copy, 1);
     Ok(())
 }
 
@@ -93,5 +96,55 @@ async fn an_unrequested_101_is_refused_with_502() -> anyhow::Result<()> {
         assert_eq!(response.json()?["reason"], "upstream_failed", "{mode}");
     }
     assert_eq!(origin.heads().len(), 2);
+    Ok(())
+}
+
+/// An upgrade to a TLS origin cannot be relayed without copies (the bytes are encrypted in
+/// proxyd): it takes the copy path, and still works both ways.
+#[tokio::test]
+async fn an_upgrade_to_a_tls_origin_is_copied() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = proxyd_test_support::temp_dir("proxyd-http-proxy-upgrade-tls")?;
+    let ca = proxyd_test_support::TestCa::new()?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(ca.server_config(&["localhost"])?);
+    let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
+    let port = listener.local_addr()?.port();
+    let origin = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await?;
+        let mut tls = acceptor.accept(stream).await?;
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0; 1];
+            anyhow::ensure!(tls.read(&mut byte).await? == 1, "eof in the request head");
+            head.push(byte[0]);
+        }
+        tls.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n").await?;
+        let mut buf = [0; 1024];
+        loop {
+            let n = tls.read(&mut buf).await?;
+            if n == 0 {
+                return anyhow::Ok(());
+            }
+            tls.write_all(&buf[..n].to_ascii_uppercase()).await?;
+        }
+    });
+    let proxy = proxy().trust(ca.write_pem(dir.path())?).start().await?;
+    let mut client = proxy.client().await?;
+    client
+        .write(request(
+            "GET",
+            &format!("https://localhost:{port}/ws"),
+            &["Upgrade: websocket", "Connection: Upgrade", "Sec-WebSocket-Version: 13"],
+        ))
+        .await?;
+    let head = client.head().await?;
+    assert_eq!(head.status, 101, "{head:?}");
+    client.write("over tls").await?;
+    assert_eq!(client.read_exact(8).await?, b"OVER TLS");
+    let stats = proxy.engine.relay_stats();
+    assert_eq!((stats.zero_copy, stats.copied), (0, 1), "{stats:?}");
+    drop(client);
+    drop(origin);
     Ok(())
 }

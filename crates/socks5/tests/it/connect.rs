@@ -315,3 +315,46 @@ async fn many_tunnels_at_once() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A SOCKS5 tunnel on Linux is relayed with `splice(2)`: several MiB each way, checksummed,
+/// half-closed from the client, and counted.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_tunnel_is_relayed_without_copies() -> anyhow::Result<()> {
+    let echo = EchoTcp::start().await?;
+    let proxy = Setup::new().allow(&[&echo.addr().to_string()]).start().await?;
+    let stream = tunnel(proxy.addr, echo.addr()).await?;
+    let payload: Vec<u8> = (0..6 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    assert!(echo_through(stream, &payload).await? == payload, "echoed bytes differ");
+    let len = payload.len() as u64;
+    assert_eq!(proxy.events.tunnel_bytes().await?, ("socks5".to_owned(), len, len));
+    let stats = proxy.engine.relay_stats();
+    assert_eq!((stats.zero_copy, stats.copied), (1, 0), "{stats:?}");
+    Ok(())
+}
+
+/// Issue 16: a client that closes mid-download ends the tunnel with an error, and the bytes
+/// it did receive still count.
+#[tokio::test]
+async fn a_tunnel_that_ends_with_an_error_still_counts_its_bytes() -> anyhow::Result<()> {
+    let origin = tokio::net::TcpListener::bind((LOCALHOST, 0)).await?;
+    let target = origin.local_addr()?;
+    let firehose = tokio::spawn(async move {
+        let Ok((mut stream, _)) = origin.accept().await else { return };
+        let chunk = vec![b'x'; 64 * 1024];
+        // Until the proxy's side goes away.
+        while stream.write_all(&chunk).await.is_ok() {}
+    });
+    let proxy = Setup::new().allow(&[&target.to_string()]).start().await?;
+    let mut stream = tunnel(proxy.addr, target).await?;
+    let read = 256 * 1024;
+    let mut got = vec![0; read];
+    bounded(tokio::io::AsyncReadExt::read_exact(&mut stream, &mut got)).await??;
+    // Closing with unread bytes in the receive buffer resets the connection.
+    drop(stream);
+    let (protocol, up, down) = proxy.events.tunnel_bytes().await?;
+    assert_eq!((protocol.as_str(), up), ("socks5", 0));
+    assert!(down >= read as u64, "the client received {read} bytes, {down} counted");
+    firehose.abort();
+    Ok(())
+}

@@ -22,11 +22,15 @@ pub(crate) async fn bounded<T>(future: impl std::future::Future<Output = T>) -> 
 
 /// Records every decision event.
 #[derive(Default)]
-pub(crate) struct Events(Mutex<Vec<Event>>);
+pub(crate) struct Events(Mutex<Vec<Event>>, Mutex<Vec<(String, u64, u64)>>);
 
 impl EventSink for Events {
     fn record(&self, event: &Event) {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).push(event.clone());
+    }
+
+    fn tunnel_bytes(&self, protocol: &str, up: u64, down: u64) {
+        self.1.lock().unwrap_or_else(PoisonError::into_inner).push((protocol.into(), up, down));
     }
 }
 
@@ -50,6 +54,19 @@ impl Events {
 
     pub(crate) fn all(&self) -> Vec<Event> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Waits (bounded) for the first tunnel to end and returns its `(protocol, up, down)`.
+    pub(crate) async fn tunnel_bytes(&self) -> anyhow::Result<(String, u64, u64)> {
+        bounded(async {
+            loop {
+                if let Some(row) = self.1.lock().unwrap_or_else(PoisonError::into_inner).first() {
+                    return row.clone();
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
     }
 }
 

@@ -1,0 +1,253 @@
+//! The Linux relay between two plain TCP sockets: `splice(2)` from the source socket into a
+//! pipe, and from the pipe into the destination socket, so the payload stays in the kernel.
+//!
+//! Readiness comes from tokio (`poll_read_ready`/`poll_write_ready`, then `try_io`, which
+//! clears the readiness when the call would block); the sockets are non-blocking, the pipes
+//! `O_NONBLOCK`, and every call passes `SPLICE_F_NONBLOCK`, so nothing blocks a worker.
+//!
+//! A direction takes a pipe from the [`Relay`] only once its source is readable, and gives it
+//! back when the pipe is empty and the source would block (or at EOF). A pipe that still
+//! holds bytes when the tunnel ends is closed with them, never pooled: the next tunnel would
+//! receive them.
+
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use rustix::pipe::{PipeFlags, SpliceFlags, pipe_with, splice};
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+use super::{
+    RELAY_POOL_SIZE, Relay, RelayEnd, RelayPath, SPLICE_BUFFER_SIZE, Spliced, both, drive, lock,
+    poll_shutdown,
+};
+
+/// A pipe: what one direction moves its bytes through.
+pub(super) struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+const FLAGS: SpliceFlags = SpliceFlags::MOVE.union(SpliceFlags::NONBLOCK);
+
+pub(super) async fn relay(
+    relay: &Relay,
+    (mut a, a_pending): (TcpStream, Vec<u8>),
+    (mut b, b_pending): (TcpStream, Vec<u8>),
+    idle_timeout: Duration,
+    close: impl Future<Output = ()>,
+) -> Spliced {
+    let mut a_to_b = Flow::new(relay, a_pending);
+    let mut b_to_a = Flow::new(relay, b_pending);
+    let end: RelayEnd = drive(idle_timeout, close, |cx, progressed| {
+        let forward = a_to_b.poll(cx, &mut a, &mut b, progressed);
+        let backward = b_to_a.poll(cx, &mut b, &mut a, progressed);
+        both(forward, backward)
+    })
+    .await;
+    let (a_to_b, b_to_a) = (a_to_b.amount, b_to_a.amount);
+    Spliced { a_to_b, b_to_a, end, path: RelayPath::ZeroCopy }
+}
+
+/// One direction.
+struct Flow<'r> {
+    relay: &'r Relay,
+    /// Bytes read from the source before the relay began, written first.
+    pending: Vec<u8>,
+    /// The pipe while bytes flow, and how many bytes are in it.
+    pipe: Option<Pipe>,
+    in_pipe: usize,
+    read_eof: bool,
+    shut_down: bool,
+    amount: u64,
+}
+
+impl<'r> Flow<'r> {
+    fn new(relay: &'r Relay, pending: Vec<u8>) -> Flow<'r> {
+        Flow {
+            relay,
+            pending,
+            pipe: None,
+            in_pipe: 0,
+            read_eof: false,
+            shut_down: false,
+            amount: 0,
+        }
+    }
+
+    /// Ready when this direction is finished: EOF read, everything written, writer shut down.
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &mut TcpStream,
+        dst: &mut TcpStream,
+        progressed: &mut bool,
+    ) -> Poll<io::Result<()>> {
+        if self.shut_down {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            // Bytes that went through user space: hyper's read buffer, or a chunk read while
+            // no pipe was to be had.
+            while !self.pending.is_empty() {
+                ready!(dst.poll_write_ready(cx))?;
+                match dst.try_write(&self.pending) {
+                    Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Ok(n) => {
+                        self.pending.drain(..n);
+                        self.amount += n as u64;
+                        *progressed = true;
+                    }
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(error) => return Poll::Ready(Err(error)),
+                }
+            }
+            if self.pending.capacity() > 0 {
+                self.pending = Vec::new();
+            }
+            if let Some(pipe) = self.pipe.as_ref().filter(|_| self.in_pipe > 0) {
+                ready!(dst.poll_write_ready(cx))?;
+                let dst = &*dst;
+                let moved = dst.try_io(Interest::WRITABLE, || {
+                    Ok(splice(&pipe.read, None, dst.as_fd(), None, self.in_pipe, FLAGS)?)
+                });
+                match moved {
+                    Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Ok(n) => {
+                        self.in_pipe -= n;
+                        self.amount += n as u64;
+                        *progressed = true;
+                    }
+                    // Readiness cleared: the next `poll_write_ready` waits for room.
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(error) => return Poll::Ready(Err(error)),
+                }
+                continue;
+            }
+            if self.read_eof {
+                self.give_back();
+                ready!(poll_shutdown(cx, dst))?;
+                self.shut_down = true;
+                return Poll::Ready(Ok(()));
+            }
+            ready!(src.poll_read_ready(cx))?;
+            let pipe = match self.pipe.take() {
+                Some(pipe) => pipe,
+                None => match self.relay.take_pipe()? {
+                    Some(pipe) => pipe,
+                    None => {
+                        self.copy_chunk(src, progressed)?;
+                        continue;
+                    }
+                },
+            };
+            let src = &*src;
+            let moved = src.try_io(Interest::READABLE, || {
+                Ok(splice(src.as_fd(), None, &pipe.write, None, SPLICE_BUFFER_SIZE, FLAGS)?)
+            });
+            self.pipe = Some(pipe);
+            match moved {
+                Ok(0) => self.read_eof = true,
+                Ok(n) => {
+                    self.in_pipe = n;
+                    *progressed = true;
+                }
+                // The pipe is empty and the source would block: nothing flows, so the pipe
+                // goes back; the next `poll_read_ready` waits for bytes.
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => self.give_back(),
+                Err(error) => return Poll::Ready(Err(error)),
+            }
+        }
+    }
+
+    /// Reads one chunk through a borrowed buffer into `pending`, for want of a pipe.
+    fn copy_chunk(&mut self, src: &TcpStream, progressed: &mut bool) -> io::Result<()> {
+        self.relay.pipe_shortages.fetch_add(1, Ordering::Relaxed);
+        let mut buf = self.relay.take_buffer();
+        let read = src.try_read(&mut buf);
+        let result = match read {
+            Ok(0) => {
+                self.read_eof = true;
+                Ok(())
+            }
+            Ok(n) => {
+                self.pending = buf[..n].to_vec();
+                *progressed = true;
+                Ok(())
+            }
+            // Readiness cleared: the next `poll_read_ready` waits for bytes.
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Err(error) => Err(error),
+        };
+        self.relay.give_buffer(buf);
+        result
+    }
+
+    /// Returns the pipe to the pool; only ever called when it is empty.
+    fn give_back(&mut self) {
+        debug_assert_eq!(self.in_pipe, 0);
+        if let Some(pipe) = self.pipe.take() {
+            self.relay.give_pipe(pipe);
+        }
+    }
+}
+
+impl Drop for Flow<'_> {
+    fn drop(&mut self) {
+        // A pipe with bytes in it is closed with them.
+        if self.in_pipe == 0 {
+            self.give_back();
+        } else if let Some(pipe) = self.pipe.take() {
+            self.relay.close_pipe(pipe);
+        }
+    }
+}
+
+impl Relay {
+    /// A pooled pipe or a new one; `None` when `max_pipes` exist or the system has no
+    /// descriptors left.
+    fn take_pipe(&self) -> io::Result<Option<Pipe>> {
+        if let Some(pipe) = lock(&self.pipes).pop() {
+            return Ok(Some(pipe));
+        }
+        let reserved = self.live_pipes.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < self.max_pipes).then_some(n + 1)
+        });
+        if reserved.is_err() {
+            return Ok(None);
+        }
+        match pipe_with(PipeFlags::NONBLOCK | PipeFlags::CLOEXEC) {
+            Ok((read, write)) => {
+                self.pipes_created.fetch_add(1, Ordering::Relaxed);
+                Ok(Some(Pipe { read, write }))
+            }
+            Err(errno) => {
+                self.live_pipes.fetch_sub(1, Ordering::AcqRel);
+                match errno {
+                    rustix::io::Errno::MFILE | rustix::io::Errno::NFILE => Ok(None),
+                    errno => Err(errno.into()),
+                }
+            }
+        }
+    }
+
+    /// Pools an empty pipe; closes it when the pool is full.
+    fn give_pipe(&self, pipe: Pipe) {
+        let mut pipes = lock(&self.pipes);
+        if pipes.len() < RELAY_POOL_SIZE {
+            pipes.push(pipe);
+        } else {
+            drop(pipes);
+            self.close_pipe(pipe);
+        }
+    }
+
+    fn close_pipe(&self, pipe: Pipe) {
+        drop(pipe);
+        self.live_pipes.fetch_sub(1, Ordering::AcqRel);
+    }
+}
