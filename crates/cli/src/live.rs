@@ -235,11 +235,12 @@ fn describe_changes(old: &Config, new: &Config, mode: Option<&str>) -> String {
 
 /// Keys whose new values only a restart applies (they are baked into running listeners).
 fn pending_restart(old: &Config, new: &Config) -> Vec<String> {
-    let keys: [(&str, bool); 12] = [
+    let keys: [(&str, bool); 13] = [
         ("connect_timeout", old.connect_timeout != new.connect_timeout),
         ("dns_timeout", old.dns_timeout != new.dns_timeout),
         ("header_read_timeout", old.header_read_timeout != new.header_read_timeout),
         ("idle_timeout", old.idle_timeout != new.idle_timeout),
+        ("response_timeout", old.response_timeout != new.response_timeout),
         ("decider_timeout", old.decider_timeout != new.decider_timeout),
         ("drain_timeout", old.drain_timeout != new.drain_timeout),
         ("max_connections", old.max_connections != new.max_connections),

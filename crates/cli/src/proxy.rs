@@ -238,6 +238,7 @@ impl NetworkProxyBuilder {
             proxyd_http_proxy::Settings {
                 header_read_timeout: config.header_read_timeout,
                 idle_timeout: config.idle_timeout,
+                response_timeout: config.response_timeout,
                 max_connections: config.max_connections,
                 tls: Arc::new(tls),
                 upstream,

@@ -46,8 +46,11 @@ pub struct Config {
     pub connect_timeout: Duration,
     pub dns_timeout: Duration,
     pub header_read_timeout: Duration,
-    /// One clock for both directions of a tunnel or keep-alive connection.
+    /// One clock for both directions of a tunnel, a keep-alive connection between requests,
+    /// and a forwarded exchange's bodies.
     pub idle_timeout: Duration,
+    /// How long a forwarded request waits for its response head once it has been sent.
+    pub response_timeout: Duration,
     pub decider_timeout: Duration,
     /// How long shutdown waits for connections to finish; zero closes them at once.
     pub drain_timeout: Duration,
@@ -137,6 +140,7 @@ impl Default for Config {
             dns_timeout: Duration::from_secs(5),
             header_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(5 * 60),
+            response_timeout: Duration::from_secs(30),
             decider_timeout: Duration::from_secs(5 * 60),
             drain_timeout: Duration::from_secs(10),
             max_connections: 4096,

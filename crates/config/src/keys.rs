@@ -45,6 +45,7 @@ pub(crate) const KEYS: &[(&str, Apply)] = &[
     ("dns_timeout", |c, i| set(&mut c.dns_timeout, i.duration(false))),
     ("header_read_timeout", |c, i| set(&mut c.header_read_timeout, i.duration(false))),
     ("idle_timeout", |c, i| set(&mut c.idle_timeout, i.duration(false))),
+    ("response_timeout", |c, i| set(&mut c.response_timeout, i.duration(false))),
     ("decider_timeout", |c, i| set(&mut c.decider_timeout, i.duration(false))),
     ("drain_timeout", |c, i| set(&mut c.drain_timeout, i.duration(true))),
     ("max_connections", |c, i| set(&mut c.max_connections, i.count(MAX_CONNECTIONS))),

@@ -152,6 +152,7 @@ impl Config {
             ("dns_timeout", duration(self.dns_timeout)),
             ("header_read_timeout", duration(self.header_read_timeout)),
             ("idle_timeout", duration(self.idle_timeout)),
+            ("response_timeout", duration(self.response_timeout)),
             ("decider_timeout", duration(self.decider_timeout)),
             ("drain_timeout", duration(self.drain_timeout)),
             ("max_connections", count(self.max_connections)),

@@ -2,6 +2,7 @@
 //! a Unix socket (SPEC §7.7).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
@@ -11,8 +12,10 @@ use hyper_util::rt::TokioIo;
 use proxyd_net::{Attempt, Connections, Failure, HttpFacts, Lease, RuleEdits};
 use proxyd_policy::{AbsoluteUrl, Host, Mode, Protocol, Scheme, Target};
 
+use crate::exchange::{Download, Overdue, Progress, Upload};
+use crate::idle::Reading;
 use crate::leased::Leased;
-use crate::origin::{self, Opened, Route};
+use crate::origin::{self, Opened, Route, Sender};
 use crate::respond::{self, Blocked};
 use crate::server::{Shared, track_tunnel};
 use crate::{Body, headers};
@@ -26,10 +29,13 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
     tunnels: &Connections,
 ) -> Response<Body> {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let h2 = parts.version == Version::HTTP_2;
-    let mut body = Some(body);
-    let response = decide(shared, peer, Request::from_parts(parts, ()), &mut body, tunnels).await;
+    let reading = parts.extensions.remove::<Reading>();
+    let mut body = Some((body, reading));
+    let req = Request::from_parts(parts, ());
+    let response = decide(shared, peer, req, &mut body, tunnels).await;
+    let body = body.map(|(body, _)| body);
     match body.filter(|_| h2) {
         Some(unread) => {
             response.map(|answer| Unread { answer, request: Some(unread) }.boxed_unsync())
@@ -99,7 +105,7 @@ async fn decide(
     shared: &Shared,
     peer: SocketAddr,
     req: Request<()>,
-    body: &mut Option<Incoming>,
+    body: &mut Option<(Incoming, Option<Reading>)>,
     tunnels: &Connections,
 ) -> Response<Body> {
     // Methods are short tokens; a long one would be copied into every log line, event and
@@ -137,7 +143,7 @@ async fn decide(
     // §8.1) whether or not `Content-Length` is sent (h2 enforces it when it is).
     if req.version() == Version::HTTP_2
         && !req.headers().contains_key(header::CONTENT_LENGTH)
-        && body.as_ref().is_some_and(|body| !body.is_end_stream())
+        && body.as_ref().is_some_and(|(body, _)| !body.is_end_stream())
     {
         side_doors.body = true;
     }
@@ -169,7 +175,7 @@ async fn decide(
             None => Route::Direct,
         },
     };
-    let Opened { mut sender, key, proxy_authorization } =
+    let Opened { mut sender, mut key, proxy_authorization, reused } =
         match origin::open(shared, &mut admission, &url, route, upgrade).await {
             Ok(opened) => opened,
             Err(refusal) => return respond::refusal(&refusal, &cx),
@@ -186,11 +192,22 @@ async fn decide(
             return response;
         }
     };
-    let Some(body) = body.take() else {
+    let Some((body, reading)) = body.take() else {
         return respond::error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no request body");
     };
-    let (mut outgoing, client_upgrade) =
-        rewrite_request(req, body, &url, upgrade, proxy_authorization, sender.version(), &lease);
+    // A pooled connection the origin closed meanwhile fails before it answers: a request
+    // that may be sent twice (RFC 9110 §9.2.2) and has no body goes once more on a fresh one.
+    let retry = reused.filter(|_| replayable(req.method()) && body.is_end_stream());
+    let mut progress = Progress::new();
+    let (mut outgoing, client_upgrade) = rewrite_request(
+        req,
+        Upload::new(Some(body), reading, progress.clone()),
+        &url,
+        upgrade,
+        proxy_authorization,
+        sender.version(),
+        &lease,
+    );
     // Secrets leave only over TLS to the request's own host: not over plain HTTP, and not to
     // a Unix socket (its route ignores the URL's host and speaks plain HTTP).
     let tls_to_host = url.scheme == Scheme::Https && protocol != Protocol::UnixSocket;
@@ -203,13 +220,28 @@ async fn decide(
             tracing::debug!(credentials = ?used, "brokered credentials swapped in");
         }
     }
-    let response = match sender.send_request(outgoing).await {
+    let replay = retry.as_ref().map(|_| copy_head(&outgoing));
+    let mut sent = send(shared, &mut sender, outgoing, &progress).await;
+    if let (Err(Unanswered::Failed(err)), Some(checked), Some(replay)) = (&sent, &retry, replay) {
+        tracing::debug!(error = %err, "pooled upstream connection failed, retrying on a fresh one");
+        if let Some((fresh, fresh_key)) = origin::reopen(shared, &lease, checked, &url).await
+            && fresh.version() == replay.version()
+        {
+            (sender, key, progress) = (fresh, fresh_key, Progress::new());
+            let outgoing = replay
+                .map(|()| Leased::new(Upload::new(None, None, progress.clone()), lease.clone()));
+            sent = send(shared, &mut sender, outgoing, &progress).await;
+        }
+    }
+    let response = match sent {
         Ok(response) => response,
-        Err(err) => {
-            tracing::debug!(error = %err, "upstream request failed");
-            return match lease.revoked_reason() {
+        Err(unanswered) => {
+            if let Unanswered::Failed(err) = &unanswered {
+                tracing::debug!(error = %err, "upstream request failed");
+            }
+            return match (lease.revoked_reason(), unanswered) {
                 // Nothing was answered yet: say why, and close (the body was not read).
-                Some(reason) => {
+                (Some(reason), _) => {
                     let mut response =
                         respond::blocked(&reason, &Blocked { mode: lease.mode(), ..cx });
                     response
@@ -217,7 +249,8 @@ async fn decide(
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
                     response
                 }
-                None => respond::error(
+                (None, Unanswered::Overdue(overdue)) => respond::overdue(overdue),
+                (None, Unanswered::Failed(_)) => respond::error(
                     StatusCode::BAD_GATEWAY,
                     Failure::UpstreamFailed.code(),
                     "the upstream server failed to answer",
@@ -241,7 +274,49 @@ async fn decide(
             "the upstream server switched protocols without being asked",
         );
     }
-    rewrite_response(response, lease)
+    rewrite_response(response, lease, progress, shared.settings.idle_timeout)
+}
+
+/// Why a forwarded request got no response head.
+enum Unanswered {
+    Failed(hyper::Error),
+    Overdue(Overdue),
+}
+
+/// Sends the request and waits for the response head, within the exchange's bounds
+/// (`exchange.rs`). Dropping the wait drops the request, and the connection with it.
+async fn send(
+    shared: &Shared,
+    sender: &mut Sender,
+    outgoing: Request<Leased<Upload>>,
+    progress: &Progress,
+) -> Result<Response<Incoming>, Unanswered> {
+    let (idle, response_timeout) = (shared.settings.idle_timeout, shared.settings.response_timeout);
+    tokio::select! {
+        response = sender.send_request(outgoing) => response.map_err(Unanswered::Failed),
+        overdue = progress.overdue(idle, response_timeout) => {
+            tracing::debug!(?overdue, "no response head in time");
+            Err(Unanswered::Overdue(overdue))
+        }
+    }
+}
+
+/// Methods a request may be sent twice with (RFC 9110 §9.2.2), when it has no body; never
+/// `POST`.
+fn replayable(method: &http::Method) -> bool {
+    use http::Method;
+    [Method::GET, Method::HEAD, Method::OPTIONS, Method::TRACE, Method::PUT, Method::DELETE]
+        .contains(method)
+}
+
+/// The head of a request as sent, to send it once more.
+fn copy_head<B>(req: &Request<B>) -> Request<()> {
+    let mut copy = Request::new(());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
 }
 
 /// What request rules read: the path and query as sent, and the headers.
@@ -280,13 +355,13 @@ fn apply_rule_edits(edits: &RuleEdits, tls: bool, headers: &mut http::HeaderMap)
 /// §8.3.1). Hop-by-hop headers removed (`TE: trailers` kept), `Via` added.
 fn rewrite_request(
     mut req: Request<()>,
-    body: Incoming,
+    body: Upload,
     url: &AbsoluteUrl,
     upgrade: bool,
     proxy_authorization: Option<Option<HeaderValue>>,
     version: Version,
     lease: &Lease,
-) -> (Request<Leased<Incoming>>, Option<hyper::upgrade::OnUpgrade>) {
+) -> (Request<Leased<Upload>>, Option<hyper::upgrade::OnUpgrade>) {
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, ()) = req.into_parts();
     let received = parts.version;
@@ -329,11 +404,17 @@ fn authority_host(host: &Host) -> String {
 /// The response as sent back: hop-by-hop headers removed (none of them may reach an HTTP/2
 /// client), `Via` added. The version is the client connection's own (hyper writes its own
 /// status line and ignores it on HTTP/2); trailers are body frames and pass through `Leased`.
-fn rewrite_response(response: Response<Incoming>, lease: Lease) -> Response<Body> {
+fn rewrite_response(
+    response: Response<Incoming>,
+    lease: Lease,
+    progress: Arc<Progress>,
+    idle: std::time::Duration,
+) -> Response<Body> {
     let (mut parts, body) = response.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers, false);
     headers::add_via(&mut parts.headers, parts.version);
     parts.version = Version::HTTP_11;
+    let body = Download::new(body, progress, idle);
     Response::from_parts(parts, Leased::new(body, lease).boxed_unsync())
 }
 

@@ -16,7 +16,9 @@
 //!   inside decided again and forwarded like an `https://` request;
 //! - `headers`: hop-by-hop removal, `Via`, limited-mode side doors;
 //! - `broker`: brokered credentials, swapped in request headers on their way to bound hosts;
-//! - `idle`: the idle clock of keep-alive client connections;
+//! - `idle`: the idle clock of client connections and the head clock of HTTP/1.1 ones
+//!   (`header_read_timeout`, `408`);
+//! - `exchange`: the clocks of a forwarded exchange (`response_timeout`, body progress);
 //! - `leased`: request and response bodies that stop the moment their lease is revoked;
 //! - `respond`: blocked and error responses (SPEC §6.1);
 //! - `tls`: the rustls client configuration for `https://` origins.
@@ -29,6 +31,7 @@
 mod broker;
 mod ca;
 mod connect;
+mod exchange;
 mod forward;
 mod headers;
 mod idle;
@@ -58,8 +61,15 @@ pub(crate) type Body = UnsyncBoxBody<Bytes, BoxError>;
 /// Listener settings (SPEC §2.2).
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// A request head must be complete this long after its first byte (the first request's
+    /// after the connection opened); `408` if it started and did not finish.
     pub header_read_timeout: Duration,
+    /// One idle clock: a keep-alive connection between requests, and the bodies of a
+    /// forwarded exchange, both directions together.
     pub idle_timeout: Duration,
+    /// How long a forwarded request waits for its response head once it has been sent
+    /// (`504` when it does not come).
+    pub response_timeout: Duration,
     pub max_connections: usize,
     /// TLS for `https://` absolute-form requests.
     pub tls: std::sync::Arc<rustls::ClientConfig>,

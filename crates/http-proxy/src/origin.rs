@@ -12,12 +12,13 @@ use http::{HeaderValue, Request, Response, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use proxyd_net::{Admission, Failure, Refusal};
+use proxyd_net::{Admission, Checked, Connected, Failure, Lease, Refusal};
 use proxyd_policy::{AbsoluteUrl, Host, Scheme};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use crate::exchange::Upload;
 use crate::leased::Leased;
 use crate::pool::PoolKey;
 use crate::server::Shared;
@@ -26,8 +27,8 @@ use crate::upstream::{ProxyEndpoint, connect_via};
 /// A connection to an origin that can take a request: HTTP/1.1, one request at a time, or
 /// HTTP/2, multiplexed (its handle is cloned for every request it carries).
 pub(crate) enum Sender {
-    Http1(http1::SendRequest<Leased<Incoming>>),
-    Http2(http2::SendRequest<Leased<Incoming>>),
+    Http1(http1::SendRequest<Leased<Upload>>),
+    Http2(http2::SendRequest<Leased<Upload>>),
 }
 
 impl Sender {
@@ -41,7 +42,7 @@ impl Sender {
 
     pub(crate) async fn send_request(
         &mut self,
-        req: Request<Leased<Incoming>>,
+        req: Request<Leased<Upload>>,
     ) -> hyper::Result<Response<Incoming>> {
         match self {
             Sender::Http1(sender) => sender.send_request(req).await,
@@ -81,6 +82,9 @@ pub(crate) struct Opened {
     pub(crate) key: Option<PoolKey>,
     /// `Some` when the request goes to an upstream proxy in absolute-form, with its credentials.
     pub(crate) proxy_authorization: Option<Option<HeaderValue>>,
+    /// The checked addresses of a direct request whose connection came from the pool: where a
+    /// fresh one goes if it turns out dead ([`reopen`]).
+    pub(crate) reused: Option<Checked>,
 }
 
 /// Opens the connection for an admitted request. Every failure is settled on the admission
@@ -131,9 +135,40 @@ async fn open_direct(
     if !upgrade && let Some((sender, key)) = shared.pool.checkout(url.scheme, &checked) {
         // An HTTP/2 connection stayed in the pool, shared.
         let key = matches!(sender, Sender::Http1(_)).then_some(key);
-        return Ok(Opened { sender, key, proxy_authorization: None });
+        return Ok(Opened { sender, key, proxy_authorization: None, reused: Some(checked) });
     }
     let connected = admission.connect(&checked).await?;
+    let (sender, key) = establish(shared, connected, url, upgrade).await?;
+    Ok(Opened { sender, key, proxy_authorization: None, reused: None })
+}
+
+/// A fresh connection, under the exchange's own lease, to the addresses its admission checked,
+/// for a request whose pooled connection failed before answering (no new decision). `None`
+/// when it cannot be opened.
+pub(crate) async fn reopen(
+    shared: &Shared,
+    lease: &Lease,
+    checked: &Checked,
+    url: &AbsoluteUrl,
+) -> Option<(Sender, Option<PoolKey>)> {
+    let connected = lease.reconnect(checked).await?;
+    match establish(shared, connected, url, false).await {
+        Ok(opened) => Some(opened),
+        Err(failure) => {
+            tracing::debug!(?failure, "a fresh connection for a retry failed");
+            None
+        }
+    }
+}
+
+/// TLS and the HTTP handshake on a new direct connection. An HTTP/2 one goes into the pool at
+/// once, shared; an HTTP/1.1 one comes back with the key it is checked in under once answered.
+async fn establish(
+    shared: &Shared,
+    connected: Connected,
+    url: &AbsoluteUrl,
+    upgrade: bool,
+) -> Result<(Sender, Option<PoolKey>), Failure> {
     let key = PoolKey {
         scheme: url.scheme,
         host: url.target.host.clone(),
@@ -150,9 +185,9 @@ async fn open_direct(
     match &sender {
         Sender::Http2(h2) if !upgrade => {
             shared.pool.checkin(key, Sender::Http2(h2.clone()));
-            Ok(Opened { sender, key: None, proxy_authorization: None })
+            Ok((sender, None))
         }
-        _ => Ok(Opened { sender, key: Some(key), proxy_authorization: None }),
+        _ => Ok((sender, Some(key))),
     }
 }
 
@@ -178,7 +213,7 @@ async fn open_upstream(
             (handshake_tls(stream, upgrade).await?, None)
         }
     };
-    Ok(Opened { sender, key: None, proxy_authorization })
+    Ok(Opened { sender, key: None, proxy_authorization, reused: None })
 }
 
 /// `CONNECT` through the upstream proxy, bounded by `connect_timeout`. A server speaks only
@@ -211,7 +246,7 @@ pub(crate) async fn tunnel_via(
 async fn open_unix(admission: &mut Admission, upgrade: bool) -> Result<Opened, Step> {
     let stream = admission.open_unix().await?;
     let sender = handshake(stream, upgrade).await?;
-    Ok(Opened { sender, key: None, proxy_authorization: None })
+    Ok(Opened { sender, key: None, proxy_authorization: None, reused: None })
 }
 
 #[cfg(not(unix))]

@@ -17,9 +17,6 @@ use proxyd_policy::{Host, Scheme};
 
 use crate::origin::Sender;
 
-/// Idle upstream connections kept per (scheme, host, port, address).
-const MAX_IDLE_PER_KEY: usize = 16;
-
 /// Distinct keys kept. Past this, closed connections are pruned; if that frees no room, a
 /// connection for a new key is simply not pooled, so many hosts cannot grow the pool forever.
 const MAX_KEYS: usize = 1024;
@@ -33,15 +30,45 @@ pub(crate) struct PoolKey {
 }
 
 /// Upstream connections, reused only for the same scheme, host, port and checked address.
-#[derive(Default)]
+///
+/// At most `max_idle` connections are kept, for one origin or spread over many: the
+/// listener's `max_connections`. Each client connection has at most one HTTP/1.1 request in
+/// flight, so as many connections as the load can use at once are kept, and no more.
 pub(crate) struct Pool {
-    idle: Mutex<HashMap<PoolKey, Vec<Sender>>>,
+    idle: Mutex<Idle>,
+    max_idle: usize,
+}
+
+#[derive(Default)]
+struct Idle {
+    senders: HashMap<PoolKey, Vec<Sender>>,
+    /// Senders held over every key, closed ones not yet pruned included.
+    total: usize,
+}
+
+impl Idle {
+    fn prune(&mut self) {
+        let mut total = 0;
+        self.senders.retain(|_, senders| {
+            senders.retain(|sender| !sender.is_closed());
+            total += senders.len();
+            !senders.is_empty()
+        });
+        self.total = total;
+    }
 }
 
 impl Pool {
-    /// A connection that can take a request now, for any of the checked addresses.
+    pub(crate) fn new(max_idle: usize) -> Pool {
+        Pool { idle: Mutex::new(Idle::default()), max_idle }
+    }
+
+    /// A connection that can take a request now, for any of the checked addresses: the one
+    /// used last (the least likely to have been closed by the origin's keep-alive timeout).
+    /// Connections found closed or closing are dropped.
     pub(crate) fn checkout(&self, scheme: Scheme, checked: &Checked) -> Option<(Sender, PoolKey)> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let idle = &mut *idle;
         let mut cx = Context::from_waker(Waker::noop());
         for addr in checked.addrs() {
             let key = PoolKey {
@@ -50,18 +77,28 @@ impl Pool {
                 port: checked.target().port,
                 addr: *addr,
             };
-            let Some(senders) = idle.get_mut(&key) else { continue };
-            senders.retain(|sender| !sender.is_closed());
-            // A sender whose previous response is still streaming is not ready yet and stays.
-            let ready = senders
-                .iter_mut()
-                .position(|sender| matches!(sender.poll_ready(&mut cx), Poll::Ready(Ok(()))));
-            let Some(index) = ready else { continue };
-            // HTTP/2 is shared: the connection stays for the next request.
-            if let Sender::Http2(shared) = &senders[index] {
-                return Some((Sender::Http2(shared.clone()), key));
+            let Some(senders) = idle.senders.get_mut(&key) else { continue };
+            let mut at = senders.len();
+            while at > 0 {
+                at -= 1;
+                match senders[at].poll_ready(&mut cx) {
+                    Poll::Ready(Ok(())) if !senders[at].is_closed() => {
+                        // HTTP/2 is shared: the connection stays for the next request.
+                        if let Sender::Http2(shared) = &senders[at] {
+                            return Some((Sender::Http2(shared.clone()), key));
+                        }
+                        idle.total -= 1;
+                        return Some((senders.remove(at), key));
+                    }
+                    // A sender whose previous response is still streaming is not ready yet
+                    // and stays.
+                    Poll::Pending if !senders[at].is_closed() => {}
+                    _ => {
+                        idle.total -= 1;
+                        drop(senders.remove(at));
+                    }
+                }
             }
-            return Some((senders.swap_remove(index), key));
         }
         None
     }
@@ -71,19 +108,15 @@ impl Pool {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if !idle.contains_key(&key) && idle.len() >= MAX_KEYS {
-            idle.retain(|_, senders| {
-                senders.retain(|sender| !sender.is_closed());
-                !senders.is_empty()
-            });
-            if idle.len() >= MAX_KEYS {
+        let new_key = !idle.senders.contains_key(&key);
+        if (new_key && idle.senders.len() >= MAX_KEYS) || idle.total >= self.max_idle {
+            idle.prune();
+            if (new_key && idle.senders.len() >= MAX_KEYS) || idle.total >= self.max_idle {
                 return;
             }
         }
-        let senders = idle.entry(key).or_default();
-        if senders.len() < MAX_IDLE_PER_KEY {
-            senders.push(sender);
-        }
+        idle.senders.entry(key).or_default().push(sender);
+        idle.total += 1;
     }
 }
 
@@ -110,12 +143,26 @@ mod tests {
     }
 
     fn keys(pool: &Pool) -> usize {
-        pool.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+        pool.idle.lock().unwrap_or_else(|e| e.into_inner()).senders.len()
+    }
+
+    #[tokio::test]
+    async fn at_most_max_idle_connections_are_kept_over_every_key() {
+        let pool = Pool::new(8);
+        let mut servers = Vec::new();
+        for i in 0..12 {
+            let (sender, server) = sender().await;
+            pool.checkin(key(i % 2), sender);
+            servers.push(server);
+        }
+        let idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let held: usize = idle.senders.values().map(Vec::len).sum();
+        assert_eq!((held, idle.total), (8, 8));
     }
 
     #[tokio::test]
     async fn the_number_of_keys_is_bounded_and_closed_connections_make_room() {
-        let pool = Pool::default();
+        let pool = Pool::new(MAX_KEYS * 2);
         let mut servers = Vec::new();
         for i in 0..MAX_KEYS + 5 {
             let (sender, server) = sender().await;
@@ -132,6 +179,7 @@ mod tests {
             servers.push(server);
             let (pooled, old_kept, len) = {
                 let idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
+                let idle = &idle.senders;
                 (idle.contains_key(&key(MAX_KEYS + 100)), idle.contains_key(&key(0)), idle.len())
             };
             if pooled {

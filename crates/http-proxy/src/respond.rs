@@ -10,6 +10,7 @@ use proxyd_net::{Failure, Refusal};
 use proxyd_policy::{Mode, Reason, Target, TargetError};
 
 use crate::Body;
+use crate::exchange::Overdue;
 
 /// Everything a blocked response names besides the reason.
 #[derive(Clone, Copy)]
@@ -134,6 +135,50 @@ pub(crate) fn bad_request(message: &str) -> Response<Body> {
 /// A JSON error body: `{"status":"error","reason":…,"message":…}`.
 pub(crate) fn error(status: StatusCode, reason: &str, message: &str) -> Response<Body> {
     json(status, &serde_json::json!({ "status": "error", "reason": reason, "message": message }))
+}
+
+/// A forwarded request whose response head did not come in time: `504` when the origin kept
+/// it waiting, `408` when the client stopped sending its body; closed when the request body
+/// was not read whole.
+pub(crate) fn overdue(overdue: Overdue) -> Response<Body> {
+    let mut response = match overdue {
+        Overdue::Response => {
+            return error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "response_timeout",
+                "the upstream server did not answer in time",
+            );
+        }
+        Overdue::Upload => error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upload_stalled",
+            "the upstream server stopped reading the request body",
+        ),
+        Overdue::Client => error(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request body stopped arriving",
+        ),
+    };
+    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// `408 Request Timeout` with a JSON error body and `Connection: close`, as bytes: written
+/// by the head clock (`idle.rs`), which hyper does not answer for.
+pub(crate) fn request_timeout() -> Vec<u8> {
+    let body = serde_json::json!({
+        "status": "error",
+        "reason": "request_timeout",
+        "message": "the request head did not arrive in time",
+    });
+    let body = format!("{body}\n");
+    format!(
+        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }
 
 fn json(status: StatusCode, body: &serde_json::Value) -> Response<Body> {

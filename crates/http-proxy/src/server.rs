@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::idle::{Clocked, IdleClock};
+use crate::idle::{Answer, Clocked, IdleClock};
 use crate::pool::Pool;
 use crate::{Body, BoxError, Settings, connect, forward, respond};
 
@@ -53,10 +53,11 @@ impl HttpProxy {
             tokio_rustls::TlsConnector::from(Arc::new(config))
         };
         let (tls, tls_http1) = (alpn(&[b"h2", b"http/1.1"]), alpn(&[b"http/1.1"]));
+        let max_idle = settings.max_connections;
         let shared = Shared {
             engine,
             settings,
-            pool: Pool::default(),
+            pool: Pool::new(max_idle),
             tls,
             tls_http1,
             connections: Connections::new(),
@@ -118,10 +119,12 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
 }
 
 /// Serves one HTTP/1.1 client connection (a plain one, or the decrypted stream of an
-/// intercepted tunnel) until it ends. When shutdown begins or the connection has been idle
-/// in both directions for `idle_timeout` (SPEC §2.2), the request in flight is finished and the
-/// connection closed; when the lifecycle closes, or `ended` resolves (an intercepted tunnel's
-/// lease was revoked), it is closed at once.
+/// intercepted tunnel) until it ends. A request head is bounded by `header_read_timeout`, the
+/// wait between requests by `idle_timeout` (`idle.rs`). When shutdown begins or the connection
+/// has been idle in both directions for `idle_timeout` (SPEC §2.2), the request in flight is
+/// finished and the connection closed; when a response that streams moves no byte for
+/// `idle_timeout`, the lifecycle closes, or `ended` resolves (an intercepted tunnel's lease was
+/// revoked), it is closed at once.
 pub(crate) async fn drive<S, Svc>(
     shared: &Shared,
     stream: S,
@@ -129,16 +132,34 @@ pub(crate) async fn drive<S, Svc>(
     ended: impl Future<Output = ()>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    Svc: HttpService<Incoming, ResBody = Body>,
-    Svc::Error: Into<BoxError>,
+    Svc: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>,
 {
     let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(shared.settings.header_read_timeout)
-        .keep_alive(true);
+    // hyper's own header timer also runs between requests and closes without a `408`: the
+    // head clock in `Clocked` replaces it.
+    builder.timer(TokioTimer::new()).header_read_timeout(None).keep_alive(true);
     let clock = IdleClock::new();
-    let io = TokioIo::new(Clocked::new(stream, clock.clone()));
+    let io =
+        TokioIo::new(Clocked::http1(stream, clock.clone(), shared.settings.header_read_timeout));
+    let counting = clock.clone();
+    let service = service_fn(move |mut req: Request<Incoming>| {
+        let mut exchange = counting.exchange();
+        if !hyper::body::Body::is_end_stream(req.body()) {
+            req.extensions_mut().insert(counting.reading());
+        }
+        let connect = req.method() == Method::CONNECT;
+        let call = service.call(req);
+        let clock = counting.clone();
+        async move {
+            let Ok(response) = call.await;
+            exchange.answered();
+            let status = response.status();
+            if status == StatusCode::SWITCHING_PROTOCOLS || (connect && status.is_success()) {
+                clock.upgraded();
+            }
+            Ok::<_, Infallible>(response.map(|body| Answer::new(body, exchange)))
+        }
+    });
     let conn = builder.serve_connection(io, service).with_upgrades();
     run(shared, conn, clock, ended).await;
 }
@@ -160,10 +181,10 @@ pub(crate) async fn drive_h2<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (alive, gone) = watch::channel(());
-    let service = UntilGone { handler, gone };
+    let clock = IdleClock::new();
+    let service = UntilGone { handler, gone, clock: clock.clone() };
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder.timer(TokioTimer::new());
-    let clock = IdleClock::new();
     let io = TokioIo::new(Clocked::new(stream, clock.clone()));
     let conn = builder.serve_connection(io, service);
     run(shared, conn, clock, ended).await;
@@ -172,7 +193,8 @@ pub(crate) async fn drive_h2<S>(
 }
 
 /// The loop both protocols share: serve until the connection ends, shut down gracefully on
-/// stop or idleness, close at once when the lifecycle closes or `ended` resolves.
+/// stop or idleness, close at once when an exchange stalls, the lifecycle closes or `ended`
+/// resolves.
 async fn run<C: Served>(
     shared: &Shared,
     conn: C,
@@ -182,6 +204,7 @@ async fn run<C: Served>(
     tokio::pin!(conn);
     let lifecycle = shared.engine.lifecycle();
     let closed = lifecycle.closing();
+    let idle = shared.settings.idle_timeout;
     tokio::pin!(ended, closed);
     let closing = tokio::select! {
         result = conn.as_mut() => {
@@ -191,8 +214,14 @@ async fn run<C: Served>(
             false
         }
         () = lifecycle.stopping() => true,
-        // A request that is merely slow still gets its response before the connection closes.
-        () = clock.idle(shared.settings.idle_timeout) => {
+        // A request waiting for its answer is not idle (each step has its own bound); a
+        // response that moved no byte for `idle_timeout` (an origin that stopped sending, a
+        // client that stopped reading) is stalled.
+        () = clock.idle(idle) => {
+            if clock.busy() {
+                tracing::debug!("exchange stalled, closing the client connection");
+                return;
+            }
             tracing::debug!("client connection idle, closing");
             true
         }
@@ -203,6 +232,7 @@ async fn run<C: Served>(
         conn.as_mut().shutdown();
         tokio::select! {
             _ = conn.as_mut() => {}
+            () = clock.idle(idle) => tracing::debug!("exchange stalled while closing"),
             () = &mut ended => {}
             () = &mut closed => {}
         }
@@ -217,7 +247,7 @@ trait Served: Future<Output = hyper::Result<()>> {
 
 impl<I, S> Served for http1::UpgradeableConnection<I, S>
 where
-    S: HttpService<Incoming, ResBody = Body>,
+    S: HttpService<Incoming, ResBody = Answer>,
     S::Error: Into<BoxError>,
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -247,18 +277,20 @@ pub(crate) type Handler = Arc<dyn Fn(Request<Incoming>) -> Responding + Send + S
 pub(crate) struct UntilGone {
     handler: Handler,
     gone: watch::Receiver<()>,
+    clock: IdleClock,
 }
 
 impl Service<Request<Incoming>> for UntilGone {
-    type Response = Response<Body>;
+    type Response = Response<Answer>;
     type Error = Infallible;
-    type Future = Responding;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Answer>, Infallible>> + Send>>;
 
-    fn call(&self, req: Request<Incoming>) -> Responding {
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let mut exchange = self.clock.exchange();
         let call = (self.handler)(req);
         let mut gone = self.gone.clone();
         Box::pin(async move {
-            tokio::select! {
+            let Ok(response) = tokio::select! {
                 response = call => response,
                 // The sender is never used: `changed` returns only when it is dropped. Nobody
                 // reads this answer; the stream is already gone.
@@ -267,7 +299,9 @@ impl Service<Request<Incoming>> for UntilGone {
                     "connection_closed",
                     "the client connection closed",
                 )),
-            }
+            };
+            exchange.answered();
+            Ok(response.map(|body| Answer::new(body, exchange)))
         })
     }
 }

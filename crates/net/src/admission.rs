@@ -782,6 +782,27 @@ impl Lease {
         self.inner.engine.mode()
     }
 
+    /// Connects again, for this exchange, to the addresses its own admission checked: a
+    /// forwarded request retried on a fresh connection after a pooled one failed before
+    /// answering. No new decision and no new event. `None` once the lease is revoked, for a
+    /// [`Checked`] of another target or with an address this lease was not admitted for, and
+    /// when the connection fails.
+    pub async fn reconnect(&self, checked: &Checked) -> Option<Connected> {
+        let Facts::Request { target, peers, .. } = &self.inner.state.facts else { return None };
+        let own = checked.target() == target
+            && checked.addrs().iter().all(|addr| peers.contains(&addr.ip()));
+        if !own || self.is_revoked() {
+            return None;
+        }
+        match self.inner.engine.inner.dialer.connect(checked).await {
+            Ok(connected) => Some(connected),
+            Err(error) => {
+                tracing::debug!(target = %target, reason = ?error, "reconnecting for a retry failed");
+                None
+            }
+        }
+    }
+
     /// Resolves when the lease is revoked or the lifecycle closes (at once if either
     /// happened).
     pub fn ended(&self) -> impl Future<Output = ()> + Send + 'static {

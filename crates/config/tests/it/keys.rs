@@ -58,6 +58,7 @@ fn every_key_accepts_a_good_value() {
     good("dns_timeout = \"2s\"", "dns_timeout", "\"2s\"");
     good("header_read_timeout = \"1m\"", "header_read_timeout", "\"1m\"");
     good("idle_timeout = \"1h\"", "idle_timeout", "\"1h\"");
+    good("response_timeout = \"2m\"", "response_timeout", "\"2m\"");
     good("decider_timeout = \"90s\"", "decider_timeout", "\"1m 30s\"");
     good("drain_timeout = \"0s\"", "drain_timeout", "\"0s\"");
     good("max_connections = 10", "max_connections", "10");
@@ -135,6 +136,11 @@ fn every_key_refuses_a_bad_value() {
         "idle_timeout = \"5 fortnights\"",
         "network.idle_timeout: invalid duration \"5 fortnights\": unknown time unit \"fortnights\", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations)",
     );
+    bad("response_timeout = \"0s\"", "network.response_timeout: must be longer than zero");
+    bad(
+        "response_timeout = \"25h\"",
+        "network.response_timeout: \"25h\" is longer than the maximum of 24h",
+    );
     bad(
         "decider_timeout = \"2d\"",
         "network.decider_timeout: \"2d\" is longer than the maximum of 24h",
@@ -184,6 +190,7 @@ fn defaults_match_the_spec() {
     assert_eq!(config.dns_timeout, Duration::from_secs(5));
     assert_eq!(config.header_read_timeout, Duration::from_secs(30));
     assert_eq!(config.idle_timeout, Duration::from_secs(300));
+    assert_eq!(config.response_timeout, Duration::from_secs(30));
     assert_eq!(config.decider_timeout, Duration::from_secs(300));
     assert_eq!(config.drain_timeout, Duration::from_secs(10));
     assert_eq!(config.max_connections, 4096);

@@ -21,10 +21,11 @@ fn render_names_each_keys_origin() {
     );
     assert!(text.contains("proxy_url = \"127.0.0.1:3128\"  # default\n"), "{text}");
     assert!(text.contains("idle_timeout = \"5m\"  # default\n"), "{text}");
+    assert!(text.contains("response_timeout = \"30s\"  # default\n"), "{text}");
     assert!(text.contains("# admin_token = (redacted)  # from -c\n"), "{text}");
     assert!(text.contains("# admin_token_file = (not set)  # default\n"), "{text}");
     assert!(text.contains("mitm = false  # default\n"), "{text}");
-    assert_eq!(text.lines().count(), 35, "{text}");
+    assert_eq!(text.lines().count(), 36, "{text}");
 }
 
 #[test]
@@ -51,11 +52,11 @@ fn rendered_config_loads_back_to_the_same_values() {
 fn settings_list_every_key_once_with_typed_values() {
     let config = Config::default();
     let settings = config.settings();
-    assert_eq!(settings.len(), 33);
+    assert_eq!(settings.len(), 34);
     let mut keys: Vec<_> = settings.iter().map(|s| s.key).collect();
     keys.sort_unstable();
     keys.dedup();
-    assert_eq!(keys.len(), 33);
+    assert_eq!(keys.len(), 34);
     let get = |key: &str| settings.iter().find(|s| s.key == key).unwrap().value.clone();
     assert_eq!(get("enabled"), Value::Bool(true));
     assert_eq!(get("max_connections"), Value::Integer(4096));

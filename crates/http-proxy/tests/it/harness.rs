@@ -65,6 +65,7 @@ pub(crate) struct Builder {
     resolver: StaticResolver,
     header_read_timeout: Duration,
     idle_timeout: Duration,
+    response_timeout: Duration,
     drain_timeout: Duration,
     trust: Option<PathBuf>,
     env: Vec<(String, String)>,
@@ -91,6 +92,7 @@ pub(crate) fn proxy() -> Builder {
         resolver,
         header_read_timeout: Duration::from_secs(5),
         idle_timeout: Duration::from_secs(30),
+        response_timeout: Duration::from_secs(30),
         drain_timeout: Duration::from_secs(5),
         trust: None,
         env: Vec::new(),
@@ -133,6 +135,11 @@ impl Builder {
 
     pub(crate) fn idle_timeout(mut self, timeout: Duration) -> Builder {
         self.idle_timeout = timeout;
+        self
+    }
+
+    pub(crate) fn response_timeout(mut self, timeout: Duration) -> Builder {
+        self.response_timeout = timeout;
         self
     }
 
@@ -236,6 +243,7 @@ impl Builder {
         let settings = Settings {
             header_read_timeout: self.header_read_timeout,
             idle_timeout: self.idle_timeout,
+            response_timeout: self.response_timeout,
             max_connections: self.max_connections,
             tls: Arc::new(tls),
             upstream,

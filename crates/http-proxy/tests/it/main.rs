@@ -8,6 +8,7 @@ mod harness;
 mod blocked;
 mod connect;
 mod events;
+mod exchange;
 mod forward;
 mod lifecycle;
 mod limited;

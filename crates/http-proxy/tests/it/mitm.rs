@@ -566,3 +566,48 @@ async fn grpc_over_an_intercepted_h2_tunnel_carries_trailers_both_ways() -> anyh
     );
     Ok(())
 }
+
+/// Issue 16: requests inside an intercepted tunnel are forwarded like `https://` ones, with
+/// the same bound on the wait for the answer: an origin that accepts the request and never
+/// answers gets `504` after `response_timeout`, and its connection is closed.
+#[tokio::test]
+async fn an_intercepted_request_to_an_origin_that_never_answers_gets_504() -> anyhow::Result<()> {
+    let dir = temp_dir("proxyd-http-proxy-mitm-silent")?;
+    let ca = TestCa::new()?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(ca.server_config(&["allowed.test"])?);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
+    let origin = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (acceptor, closed_tx) = (acceptor.clone(), closed_tx.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(stream).await else { return };
+                // Reads the request and whatever follows, never answers; reports the close.
+                let mut buf = [0u8; 4096];
+                let read = timeout(3 * TIMEOUT, async {
+                    while matches!(tls.read(&mut buf).await, Ok(n) if n > 0) {}
+                });
+                if read.await.is_ok() {
+                    let _ = closed_tx.send(());
+                }
+            });
+        }
+    });
+    let proxy = proxy()
+        .limited()
+        .mitm()
+        .trust(ca.write_pem(&dir)?)
+        .response_timeout(std::time::Duration::from_millis(500))
+        .start()
+        .await?;
+    let authority = format!("allowed.test:{port}");
+    let mut client = https_client(&proxy, &authority).await?;
+    let answer = send(&mut client, "GET", "/silent", &authority, "").await?;
+    assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT, "{}", answer.body);
+    let json: serde_json::Value = serde_json::from_str(&answer.body)?;
+    assert_eq!(json["reason"], "response_timeout", "{json}");
+    timeout(TIMEOUT, closed.recv()).await?.expect("the origin reports its close");
+    origin.abort();
+    Ok(())
+}
