@@ -5,5 +5,6 @@
 mod accept;
 mod dial;
 mod dns;
+mod review_relay;
 mod splice;
 mod support;
