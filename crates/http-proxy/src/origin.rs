@@ -153,6 +153,9 @@ pub(crate) async fn reopen(
 ) -> Option<(Sender, Option<PoolKey>)> {
     let connected = lease.reconnect(checked).await?;
     match establish(shared, connected, url, false).await {
+        // A change made while the connection was opened (TLS included) may have revoked the
+        // exchange since `reconnect` checked it: nothing is sent then.
+        Ok(_) if lease.is_revoked() => None,
         Ok(opened) => Some(opened),
         Err(failure) => {
             tracing::debug!(?failure, "a fresh connection for a retry failed");

@@ -14,6 +14,7 @@ mod lifecycle;
 mod limited;
 mod mitm;
 mod review2;
+mod review_retry;
 mod rules;
 mod tls;
 #[cfg(unix)]

@@ -17,6 +17,7 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use rustix::io::{Errno, read};
 use rustix::pipe::{PipeFlags, SpliceFlags, pipe_with, splice};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
@@ -33,6 +34,19 @@ pub(super) struct Pipe {
 }
 
 const FLAGS: SpliceFlags = SpliceFlags::MOVE.union(SpliceFlags::NONBLOCK);
+
+/// The most `read(2)` takes when `splice(2)` moved nothing (see [`Moved::Read`]).
+const URGENT_STEP: usize = 4096;
+
+/// What one read from the source did.
+enum Moved {
+    /// Bytes spliced into the pipe.
+    Piped(usize),
+    /// Bytes read into user space past a TCP urgent mark, which `splice(2)` does not cross.
+    Read(usize),
+    /// EOF.
+    Eof,
+}
 
 pub(super) async fn relay(
     relay: &Relay,
@@ -146,13 +160,29 @@ impl<'r> Flow<'r> {
                 },
             };
             let src = &*src;
+            let mut stepped = [0u8; URGENT_STEP];
             let moved = src.try_io(Interest::READABLE, || {
-                Ok(splice(src.as_fd(), None, &pipe.write, None, SPLICE_BUFFER_SIZE, FLAGS)?)
+                match splice(src.as_fd(), None, &pipe.write, None, SPLICE_BUFFER_SIZE, FLAGS) {
+                    Ok(n) if n > 0 => Ok(Moved::Piped(n)),
+                    // `splice(2)` from a TCP socket stops at urgent data (`MSG_OOB`): `EAGAIN`
+                    // while the socket is readable, `0` once the FIN is in. `read(2)` steps
+                    // over the mark, so it tells EOF from a mark and reads what follows it.
+                    Ok(_) | Err(Errno::AGAIN) => match read(src.as_fd(), &mut stepped)? {
+                        0 => Ok(Moved::Eof),
+                        n => Ok(Moved::Read(n)),
+                    },
+                    Err(error) => Err(error.into()),
+                }
             });
             self.pipe = Some(pipe);
             match moved {
-                Ok(0) => self.read_eof = true,
-                Ok(n) => {
+                Ok(Moved::Eof) => self.read_eof = true,
+                Ok(Moved::Read(n)) => {
+                    self.give_back();
+                    self.pending = stepped[..n].to_vec();
+                    *progressed = true;
+                }
+                Ok(Moved::Piped(n)) => {
                     self.in_pipe = n;
                     *progressed = true;
                 }

@@ -6,5 +6,6 @@ mod accept;
 mod dial;
 mod dns;
 mod lease;
+mod review_relay;
 mod splice;
 mod support;
