@@ -39,6 +39,8 @@
 
 mod connect;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod server;
 mod udp;
 mod udp_state;
