@@ -21,12 +21,16 @@ fuzz_target!(|data: &[u8]| {
         let hex = &bytes[i + 1..i + 3];
         assert!(hex.iter().all(|b| b.is_ascii_digit() || b.is_ascii_uppercase()), "{path:?}");
         let value = u8::from_str_radix(std::str::from_utf8(hex).unwrap(), 16).unwrap();
-        assert!(!value.is_ascii_alphanumeric() && !b"-._~/\\".contains(&value), "{path:?}: %{value:02X}");
+        assert!(
+            !value.is_ascii_alphanumeric() && !b"-._~/\\".contains(&value),
+            "{path:?}: %{value:02X}"
+        );
         assert!(!value.is_ascii_control(), "{path:?}: encoded control byte");
     }
     // Decoding once (what the origin does) keeps the segments: no encoded slash, no dot
     // segment, no second layer of encoding that would decode to something else.
-    let segments: Vec<Vec<u8>> = path[1..].split('/').map(|s| percent_decode(s.as_bytes())).collect();
+    let segments: Vec<Vec<u8>> =
+        path[1..].split('/').map(|s| percent_decode(s.as_bytes())).collect();
     let decoded = percent_decode(path.as_bytes());
     let whole: Vec<&[u8]> = decoded[1..].split(|&b| b == b'/').collect();
     assert_eq!(segments.len(), whole.len(), "{raw:?}: {path:?} changes segments when decoded");

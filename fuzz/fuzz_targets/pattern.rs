@@ -6,9 +6,7 @@
 use std::net::IpAddr;
 
 use libfuzzer_sys::fuzz_target;
-use proxyd_policy::{
-    Host, ListKind, MatchKind, Pattern, PatternSet, Subtree, Target, embedded_v4,
-};
+use proxyd_policy::{Host, ListKind, MatchKind, Pattern, PatternSet, Subtree, Target, embedded_v4};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(input) = std::str::from_utf8(data) else { return };
@@ -20,21 +18,29 @@ fuzz_target!(|data: &[u8]| {
     let denied = Pattern::parse(entry, ListKind::Denied);
     // The denylist grammar is the allowlist's, less the global `*`.
     if let Ok(denied) = &denied {
-        assert_eq!(allowed.as_ref(), Ok(denied), "{entry:?}: denylist accepts what allowlist refuses");
+        assert_eq!(
+            allowed.as_ref(),
+            Ok(denied),
+            "{entry:?}: denylist accepts what allowlist refuses"
+        );
     }
     let Ok(pattern) = allowed else { return };
     // Normalised: the display is an entry that parses to the same pattern.
     let shown = pattern.to_string();
-    assert_eq!(Pattern::parse(&shown, ListKind::Allowed).as_ref(), Ok(&pattern), "{entry:?}: {shown:?}");
+    assert_eq!(
+        Pattern::parse(&shown, ListKind::Allowed).as_ref(),
+        Ok(&pattern),
+        "{entry:?}: {shown:?}"
+    );
     if let Ok(denied) = &denied {
         assert_eq!(Pattern::parse(&shown, ListKind::Denied).as_ref(), Ok(denied), "{entry:?}");
     }
     let set = PatternSet::compile(&[&shown], ListKind::Allowed).expect("the entry parsed");
     // An explicit entry naming one host matches that host explicitly.
-    if pattern.is_explicit() {
-        if let Ok(target) = Target::parse_authority(&shown, Some(443)) {
-            assert_eq!(set.matches(&target), Some(MatchKind::Explicit), "{entry:?}: {target}");
-        }
+    if pattern.is_explicit()
+        && let Ok(target) = Target::parse_authority(&shown, Some(443))
+    {
+        assert_eq!(set.matches(&target), Some(MatchKind::Explicit), "{entry:?}: {target}");
     }
     let Some(host) = host else { return };
     let Ok(target) = Target::parse_authority(host, Some(443)) else { return };

@@ -192,6 +192,26 @@ fn aton_part(part: &str) -> Option<u64> {
     Some(value)
 }
 
+/// Percent-decodes once, leaving malformed escapes as they are (as lenient servers do).
+pub fn percent_decode(input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while let Some(&b) = input.get(i) {
+        let hex = input.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+            Some(value) if b == b'%' && !hex.is_some_and(|h| h.starts_with('+')) => {
+                out.push(value);
+                i += 3;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,24 +235,4 @@ mod tests {
         assert_eq!(inet_aton("1..2"), None);
         assert_eq!(numeric("127.1."), v4("127.0.0.1"));
     }
-}
-
-/// Percent-decodes once, leaving malformed escapes as they are (as lenient servers do).
-pub fn percent_decode(input: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(input.len());
-    let mut i = 0;
-    while let Some(&b) = input.get(i) {
-        let hex = input.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
-        match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-            Some(value) if b == b'%' && !hex.is_some_and(|h| h.starts_with('+')) => {
-                out.push(value);
-                i += 3;
-            }
-            _ => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    out
 }
