@@ -52,11 +52,11 @@ fn parse(case: &Case) -> Option<Result<Target, TargetError>> {
 
 /// What the policy makes of a parsed target: steps 2–6, then step 7 on the addresses a literal
 /// or `localhost` stands for.
-fn decide(policy: &Policy, entry: Entry, target: &Target, own: &[SocketAddr]) -> Expect {
-    let (protocol, method) = match entry {
-        Entry::Absolute => (Protocol::Http, Some("GET")),
-        Entry::Connect => (Protocol::HttpConnect, Some("CONNECT")),
-        Entry::SocksDomain | Entry::SocksIp => (Protocol::Socks5, None),
+fn decide(policy: &Policy, protocol: Protocol, target: &Target, own: &[SocketAddr]) -> Expect {
+    let method = match protocol {
+        Protocol::Http => Some("GET"),
+        Protocol::HttpConnect => Some("CONNECT"),
+        _ => None,
     };
     let request = Request {
         protocol,
@@ -111,10 +111,21 @@ fn every_row_is_parsed_and_decided_as_the_table_says() {
                     {
                         failures.push(format!("{what}: canonical {}", target.host));
                     }
-                    let got = decide(&policy, case.entry, &target, &own);
-                    if got != *want {
-                        failures
-                            .push(format!("{what}: parsed as {target}, {got:?}, want {want:?}"));
+                    // A SOCKS5 destination is also a UDP datagram's, through the same parser.
+                    let protocols: &[Protocol] = match case.entry {
+                        Entry::Absolute => &[Protocol::Http],
+                        Entry::Connect => &[Protocol::HttpConnect],
+                        Entry::SocksDomain | Entry::SocksIp => {
+                            &[Protocol::Socks5, Protocol::Socks5Udp]
+                        }
+                    };
+                    for protocol in protocols {
+                        let got = decide(&policy, *protocol, &target, &own);
+                        if got != *want {
+                            failures.push(format!(
+                                "{what} ({protocol:?}): parsed as {target}, {got:?}, want {want:?}"
+                            ));
+                        }
                     }
                 }
             }
