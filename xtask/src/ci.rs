@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use crate::{cargo, display, e2e, run_status};
+use crate::{cargo, display, e2e, fuzz, run_status};
 
 enum Action {
     Cargo(&'static [&'static str]),
+    Fuzz,
     E2e,
 }
 
@@ -26,7 +27,10 @@ const STEPS: &[Step] = &[
         name: "clippy",
         action: Action::Cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
     },
+    // Advisories are left out: they need the advisory database from the network (README).
+    Step { name: "deny", action: Action::Cargo(&["deny", "check", "licenses", "bans", "sources"]) },
     Step { name: "test", action: Action::Cargo(&["test", "--workspace"]) },
+    Step { name: "fuzz", action: Action::Fuzz },
     Step { name: "e2e", action: Action::E2e },
 ];
 
@@ -38,6 +42,7 @@ pub(crate) fn run() -> Result<()> {
         let start = Instant::now();
         let result = match &step.action {
             Action::Cargo(args) => run_status(cargo_with(args)),
+            Action::Fuzz => fuzz::run(&["--smoke".to_owned()]),
             Action::E2e => e2e::run(),
         };
         timings.push((step.name, start.elapsed(), result.is_ok()));
@@ -74,6 +79,7 @@ fn cargo_with(args: &[&str]) -> Command {
 fn describe(action: &Action) -> String {
     match action {
         Action::Cargo(args) => display(&cargo_with(args)),
+        Action::Fuzz => "cargo xtask fuzz --smoke (in-process)".to_owned(),
         Action::E2e => "cargo xtask e2e (in-process)".to_owned(),
     }
 }

@@ -2,15 +2,24 @@
 //!
 //! Plain Rust instead of shell scripts, so it runs wherever cargo does. Commands:
 //!
-//! - `ci`: fmt check, clippy `-D warnings`, `cargo test --workspace`, then `e2e`.
+//! - `ci`: fmt check, clippy `-D warnings`, `cargo deny`, `cargo test --workspace`, the fuzz
+//!   smoke, then `e2e`.
 //! - `e2e`: builds the release `proxyd` binary and drives it with real clients.
 //! - `bench`: runs the `proxyd-bench` harness (`bench/`) in release mode: proxyd side by side
 //!   with direct, squid, tinyproxy, dante and microsocks, plus the
 //!   criterion benchmarks (never part of `ci`: timings are not assertions).
 //! - `tidy`: the repository rules of STYLE.md, also run as a `#[test]` by `cargo test`.
+//! - `fuzz`: the fuzz targets of `fuzz/` on stable: `--smoke` (part of `ci`), one target long,
+//!   or `--seeds` to regenerate their seed corpora from the bypass table.
 
+/// The bypass table's loader, shared with the tests (`crates/test-support/src/bypass.rs`):
+/// compiled here as a module because xtask may not depend on a workspace crate (tidy).
+#[path = "../../crates/test-support/src/bypass.rs"]
+#[allow(dead_code, unreachable_pub, reason = "shared with the tests, which use all of it")]
+mod bypass_table;
 mod ci;
 mod e2e;
+mod fuzz;
 mod tidy;
 
 use std::ffi::OsString;
@@ -23,16 +32,19 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  ci      cargo fmt --check, clippy -D warnings, cargo test --workspace, then e2e
+  ci      fmt --check, clippy -D warnings, deny, test --workspace, fuzz --smoke, then e2e
   e2e     build the release proxyd binary and run the end-to-end scenarios
   bench   proxyd vs direct and peer proxies, and the criterion benchmarks (not part of ci)
-  tidy    check dependency layering, policy purity and workspace lints";
+  tidy    check dependency layering, policy purity and workspace lints
+  fuzz    --smoke: every fuzz target briefly (part of ci); TARGET [-- ARGS]: one target, long;
+          --seeds: rewrite fuzz/corpus from testdata/bypass.toml";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let command = match args.as_slice() {
         [command] => command.as_str(),
         [command, ..] if command == "bench" => command.as_str(), // flags: see bench.rs
+        [command, ..] if command == "fuzz" => command.as_str(),  // arguments: see fuzz.rs
         _ => {
             eprintln!("xtask: expected exactly one command\n");
             return usage();
@@ -43,6 +55,7 @@ fn main() -> ExitCode {
         "e2e" => e2e::run(),
         "bench" => bench(),
         "tidy" => tidy::run(),
+        "fuzz" => fuzz::run(&args[1..]),
         "help" | "-h" | "--help" => {
             println!("{USAGE}");
             Ok(())

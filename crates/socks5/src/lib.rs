@@ -11,6 +11,8 @@
 //! - `udp_state`: what an association remembers: its client, its per-target decisions and
 //!   the peers it sent to;
 //! - `error`: `Socks5Error`, the client's faults, and the reply code of each.
+//! - `fuzzing` (`#[doc(hidden)]`, not an API): the request and UDP header readers over a byte
+//!   slice, for the fuzz targets in `fuzz/`.
 //!
 //! It must not decide policy or dial by itself: every destination goes through
 //! `proxyd_policy::Target`'s parser and [`proxyd_net::Engine::admit`], every TCP connection
@@ -39,6 +41,8 @@
 
 mod connect;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod server;
 mod udp;
 mod udp_state;

@@ -20,11 +20,15 @@
 //! - anything else answers 200, `content-type: text/plain`, body `origin METHOD TARGET\n`
 //!   followed by the request body.
 //!
+//! [`bypass`] loads the bypass table (`testdata/bypass.toml`), the one list of hostile
+//! spellings every layer's tests run.
+//!
 //! [`BodyCounter`] (plain or TLS) serves no routes: it counts request-body bytes as they
 //! arrive, for uploads that must stop part-way. [`tls_connect`] and [`client_hello`] are the
 //! TLS client side: a session trusting a CA given as PEM, and a ClientHello to write by hand.
 
 mod body_counter;
+pub mod bypass;
 mod ca;
 mod canary;
 mod client;

@@ -1,105 +1,81 @@
-//! The bypass suite (issue 6 item 2): the hostile targets of the policy tests that can be
-//! expressed on the wire, sent as raw bytes to the built binary through every entry point:
-//! absolute-form HTTP, `CONNECT`, and SOCKS5 with the domain and the IP address types.
+//! The bypass suite (issue 6 item 2): every row of the bypass table (`testdata/bypass.toml`,
+//! shared with the policy unit tests and the listener tests) sent as raw bytes to the built
+//! binary through every entry point it applies to: absolute-form HTTP, `CONNECT`, and SOCKS5
+//! with the domain and the IP address types.
 //!
-//! Each group runs against its own proxyd whose config would let the lax reading of a hostile
-//! spelling through (often to the canary). One scenario per group and entry point; a failure
-//! lists every failing case. Besides the status or reply (SPEC §6.1), every case asserts that
-//! the canary was not reached, except the controls, which must reach it (proving the canary
-//! would notice).
+//! Each group runs against its own proxyd with the group's policy, which would let the lax
+//! reading of a hostile spelling through (often to the canary). One scenario per group and
+//! entry point; a failure lists every failing case. Besides the status or reply (SPEC §6.1),
+//! every case asserts that the canary was not reached, except the controls, which must reach
+//! it (proving the canary would notice).
 
-mod cases;
-mod groups;
-
-use std::net::IpAddr;
-
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
+use super::fixtures::loopback_hosts_name;
 use super::proxyd::Proxyd;
 use super::servers::Canary;
 use super::wire::{self, Reply, SocksAddr};
 use super::{Env, Scenario};
-use cases::{Case, Expect, Ports};
-use groups::{GROUPS, Group};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Entry {
-    Absolute,
-    Connect,
-    SocksDomain,
-    SocksIp,
-}
-
-const ENTRIES: [Entry; 4] = [Entry::Absolute, Entry::Connect, Entry::SocksDomain, Entry::SocksIp];
-
-impl Entry {
-    fn name(self) -> &'static str {
-        match self {
-            Entry::Absolute => "absolute-form",
-            Entry::Connect => "CONNECT",
-            Entry::SocksDomain => "socks5-domain",
-            Entry::SocksIp => "socks5-ip",
-        }
-    }
-
-    fn applies(self, case: &Case) -> bool {
-        match self {
-            Entry::Absolute => case.absolute.is_some(),
-            Entry::Connect => case.connect.is_some(),
-            Entry::SocksDomain => case.socks.is_some(),
-            Entry::SocksIp => socks_ip(case).is_some(),
-        }
-    }
-}
-
-/// The IP address type form of a case: its SOCKS host when that is an IP literal.
-fn socks_ip(case: &Case) -> Option<IpAddr> {
-    let (host, _) = case.socks.as_ref()?;
-    std::str::from_utf8(host).ok()?.parse().ok()
-}
+use crate::bypass_table::{self as table, Case, ENTRIES, Entry, Expect, Group, Ports, Wire};
 
 /// One scenario per group and entry point that has cases other than controls.
 pub(crate) fn scenarios() -> Vec<Scenario> {
-    let ports = Ports::example();
+    let table = table::table();
+    let mut ports = Ports::from(table.ports);
+    ports.hosts_name = loopback_hosts_name().ok();
     let mut scenarios = Vec::new();
-    for group in GROUPS {
-        let cases = (group.cases)(&ports);
+    for (index, group) in table.groups.iter().enumerate() {
+        let cases = group.cases(&ports);
         for entry in ENTRIES {
-            let count = cases.iter().filter(|c| entry.applies(c)).count();
-            let hostile = cases.iter().filter(|c| entry.applies(c) && c.expect != Expect::Reaches);
+            let count = cases.iter().filter(|c| c.entry == entry).count();
+            let hostile = cases.iter().filter(|c| c.entry == entry && c.expect != Expect::Reaches);
             if hostile.count() == 0 {
                 continue;
             }
             let name = format!("bypass {} via {} ({count} cases)", group.name, entry.name());
             scenarios.push(Scenario::new(name, super::BYPASS_TIMEOUT, move |env| {
-                run_group(env, group, entry)
+                run_group(env, index, entry)
             }));
         }
     }
     scenarios
 }
 
-fn run_group(env: &Env, group: &Group, entry: Entry) -> Result<()> {
+/// The `[network]` lines of a group's policy.
+fn config(group: &Group) -> Result<String> {
+    let list = |entries: &[String]| serde_json::to_string(entries).context("a list as toml");
+    Ok(format!(
+        "allowed_domains = {}\ndenied_domains = {}\nallow_local_binding = {}",
+        list(&group.allowed_domains)?,
+        list(&group.denied_domains)?,
+        group.allow_local_binding
+    ))
+}
+
+fn run_group(env: &Env, index: usize, entry: Entry) -> Result<()> {
+    let table = table::table();
+    let group = &table.groups[index];
     let canary = Canary::start()?;
-    let proxyd = Proxyd::start(env, group.config)?;
-    let ports = Ports::new(&canary, &proxyd);
-    let cases: Vec<Case> = (group.cases)(&ports).into_iter().filter(|c| entry.applies(c)).collect();
+    let proxyd = Proxyd::start(env, &config(group)?)?;
+    let ports = Ports {
+        canary: canary.port(),
+        http: proxyd.http.port(),
+        socks: proxyd.socks.port(),
+        admin: proxyd.admin.port(),
+        hosts_name: loopback_hosts_name().ok(),
+    };
+    let cases: Vec<Case> = group.cases(&ports).into_iter().filter(|c| c.entry == entry).collect();
     let mut failures = Vec::new();
     let mut hits = canary.hits()?;
     for case in &cases {
-        let outcome = send(&proxyd, entry, case);
+        let outcome = send(&proxyd, case);
         let now = canary.hits()?;
         let reached = now > hits;
         hits = now;
-        if let Err(why) = judge(case.expect, &outcome, reached) {
-            let label = match (&case.socks, entry) {
-                (Some((host, port)), Entry::SocksDomain | Entry::SocksIp) => {
-                    format!("{:?} port {port}", String::from_utf8_lossy(host))
-                }
-                _ => case.label.clone(),
-            };
-            failures.push(format!("{label}: {why}"));
+        if let Err(why) = judge(&case.expect, &outcome, reached) {
+            failures.push(format!("{}: {why}", case.label));
         }
     }
     if !failures.is_empty() {
@@ -114,21 +90,14 @@ enum Outcome {
     Error(String),
 }
 
-fn send(proxyd: &Proxyd, entry: Entry, case: &Case) -> Outcome {
-    let result = match entry {
-        Entry::Absolute | Entry::Connect => {
-            let head = if entry == Entry::Absolute { &case.absolute } else { &case.connect };
-            wire::http(proxyd.http, head.as_deref().unwrap_or_default()).map(Outcome::Http)
+fn send(proxyd: &Proxyd, case: &Case) -> Outcome {
+    let result = match &case.wire {
+        Wire::Http(head) => wire::http(proxyd.http, head).map(Outcome::Http),
+        Wire::SocksDomain(name, port) => {
+            wire::socks5_connect(proxyd.socks, &SocksAddr::Domain(name), *port).map(Outcome::Socks)
         }
-        Entry::SocksDomain | Entry::SocksIp => {
-            let Some((host, port)) = &case.socks else {
-                return Outcome::Error("no SOCKS form".into());
-            };
-            let addr = match socks_ip(case) {
-                Some(ip) if entry == Entry::SocksIp => SocksAddr::Ip(ip),
-                _ => SocksAddr::Domain(host),
-            };
-            wire::socks5_connect(proxyd.socks, &addr, *port).map(Outcome::Socks)
+        Wire::SocksIp(ip, port) => {
+            wire::socks5_connect(proxyd.socks, &SocksAddr::Ip(*ip), *port).map(Outcome::Socks)
         }
     };
     result.unwrap_or_else(|err| Outcome::Error(format!("{err:#}")))
@@ -144,8 +113,8 @@ fn header_for(reason: &str) -> &'static str {
     }
 }
 
-fn judge(expect: Expect, outcome: &Outcome, reached: bool) -> Result<(), String> {
-    if expect == Expect::Reaches {
+fn judge(expect: &Expect, outcome: &Outcome, reached: bool) -> Result<(), String> {
+    if *expect == Expect::Reaches {
         return if reached { Ok(()) } else { Err("the control did not reach the canary".into()) };
     }
     let got = match outcome {
@@ -163,16 +132,17 @@ fn judge(expect: Expect, outcome: &Outcome, reached: bool) -> Result<(), String>
     }
 }
 
-fn judge_http(expect: Expect, reply: &Reply) -> Result<(), String> {
+fn judge_http(expect: &Expect, reply: &Reply) -> Result<(), String> {
     let header = reply.header("x-proxy-error");
     let body: Option<Value> = serde_json::from_slice(&reply.body).ok();
     let reason = body.as_ref().and_then(|b| b["reason"].as_str()).unwrap_or("");
-    let ok = match expect {
-        Expect::Malformed | Expect::Unicode => reply.status == 400 && header.is_none(),
-        Expect::Blocked(want) => {
-            reply.status == 403 && header == Some(header_for(want)) && reason == want
-        }
-        Expect::Reaches => true,
+    let (ok, want) = match expect {
+        Expect::Malformed => (reply.status == 400 && header.is_none(), "400".to_owned()),
+        Expect::Blocked(want) => (
+            reply.status == 403 && header == Some(header_for(want)) && reason == want,
+            format!("403 {} {want}", header_for(want)),
+        ),
+        Expect::Reaches => (true, "the canary".to_owned()),
     };
     if ok {
         return Ok(());
@@ -181,14 +151,14 @@ fn judge_http(expect: Expect, reply: &Reply) -> Result<(), String> {
         Some(_) => format!("{} {header:?} {reason:?}", reply.status),
         None => format!("{} {header:?} {:?}", reply.status, String::from_utf8_lossy(&reply.body)),
     };
-    Err(format!("want {}, got {got}", expect.http()))
+    Err(format!("want {want}, got {got}"))
 }
 
-fn judge_socks(expect: Expect, rep: u8) -> Result<(), String> {
-    let ok = match expect {
-        Expect::Malformed => matches!(rep, 0x01 | 0x08),
-        Expect::Blocked(_) | Expect::Unicode => rep == 0x02,
-        Expect::Reaches => true,
+fn judge_socks(expect: &Expect, rep: u8) -> Result<(), String> {
+    let (ok, want) = match expect {
+        Expect::Malformed => (matches!(rep, 0x01 | 0x08), "0x01 or 0x08"),
+        Expect::Blocked(_) => (rep == 0x02, "0x02"),
+        Expect::Reaches => (true, "0x00"),
     };
-    if ok { Ok(()) } else { Err(format!("want reply {}, got {rep:#04x}", expect.socks())) }
+    if ok { Ok(()) } else { Err(format!("want reply {want}, got {rep:#04x}")) }
 }

@@ -4,6 +4,7 @@ use std::sync::{Arc, Mutex};
 
 use proxyd_net::{BoxFuture, Decider, DeciderAnswer, DeciderRequest, Outcome};
 use proxyd_policy::{Protocol, Reason};
+use proxyd_test_support::bypass::{self, Expect, Ports, Wire};
 use proxyd_test_support::{Canary, HttpOrigin};
 use serde_json::json;
 
@@ -137,33 +138,27 @@ async fn method_not_allowed_in_limited_mode() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SPEC §3: targets that resolvers would silently turn into loopback, userinfo and friends
-/// are 400 and never dialled, even under an allow-everything policy.
+/// SPEC §3, §7.2: every malformed spelling and request head of the bypass table
+/// (`testdata/bypass.toml`) on the absolute-form and `CONNECT` entry points is 400 and never
+/// dialled, even under an allow-everything policy.
 #[tokio::test]
 async fn malformed_targets_are_400_and_never_dialled() -> anyhow::Result<()> {
     let canary = Canary::start().await?;
-    let proxy = proxy().allow(&["*"]).start().await?;
-    let port = canary.addr().port();
-    for host in [
-        "127.1",
-        "user@allowed.test",
-        "user:pass@127.0.0.1",
-        "0x7f000001",
-        "2130706433",
-        "0177.0.0.1",
-        "127.000.000.001",
-        "allowed..test",
-        "allowed.test:1",
-    ] {
-        let raw = format!("GET http://{host}:{port}/ HTTP/1.1\r\nConnection: close\r\n\r\n");
-        let response = proxy.send(raw).await?;
-        assert_eq!(response.status(), 400, "{host}: {response:?}");
-    }
-    let scheme = format!("GET ftp://allowed.test:{port}/ HTTP/1.1\r\nConnection: close\r\n\r\n");
-    assert_eq!(proxy.send(scheme).await?.status(), 400, "non-http scheme");
-    for authority in ["127.1", "0x7f000001", "user@allowed.test"] {
-        let response = proxy.send(connect_request(&format!("{authority}:{port}"))).await?;
-        assert_eq!(response.status(), 400, "CONNECT {authority}: {response:?}");
+    let proxy = proxy().allow(&["*"]).allow_local_binding(true).start().await?;
+    let table = bypass::table();
+    let ports = Ports { canary: canary.addr().port(), ..Ports::from(table.ports) };
+    let cases: Vec<_> = table
+        .groups
+        .iter()
+        .flat_map(|group| group.cases(&ports))
+        .filter(|case| case.entry.is_http() && case.expect == Expect::Malformed)
+        .collect();
+    assert!(cases.len() > 100, "only {} malformed HTTP cases in the table", cases.len());
+    for case in &cases {
+        let Wire::Http(head) = &case.wire else { continue };
+        let response = proxy.send(head).await?;
+        assert_eq!(response.status(), 400, "{} {}: {response:?}", case.entry.name(), case.label);
+        assert_eq!(response.header("x-proxy-error"), None, "{}", case.label);
     }
     canary.assert_untouched();
     assert_eq!(proxy.resolver.total_lookups(), 0);

@@ -1,5 +1,6 @@
 //! Table-driven tests: one `check` helper per file, one line per case.
 
+mod bypass;
 mod decide;
 mod local;
 mod patterns;

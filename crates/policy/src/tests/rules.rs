@@ -8,102 +8,24 @@ use crate::rules::{
 };
 use crate::target::Target;
 
-/// Normalises `raw`; `Ok` holds the normal form.
-#[track_caller]
-fn check_path(raw: &str, expected: Result<&str, P>) {
-    assert_eq!(normalize_path(raw).as_deref().map_err(|e| *e), expected, "path {raw:?}");
-}
-
+/// The path rows of the bypass table (`testdata/bypass.toml`): each normalises to its normal
+/// form or is refused for its reason.
 #[test]
-fn accepted_paths_and_their_normal_form() {
-    check_path("/", Ok("/"));
-    check_path("/a", Ok("/a"));
-    check_path("/a/b/c", Ok("/a/b/c"));
-    check_path("/a/", Ok("/a/")); // trailing slash kept
-    check_path("/a/b/", Ok("/a/b/"));
-    check_path("/%7E", Ok("/~"));
-    check_path("/%7e", Ok("/~"));
-    check_path("/%41", Ok("/A"));
-    check_path("/%61%62c", Ok("/abc"));
-    check_path("/%2D%2e%5F", Ok("/-._")); // `.` decoded, but inside a longer segment
-    check_path("/%3a", Ok("/%3A")); // reserved: hex case normalised, stays encoded
-    check_path("/%3A", Ok("/%3A"));
-    check_path("/a%20b", Ok("/a%20b"));
-    check_path("/%c3%a9", Ok("/%C3%A9"));
-    check_path("/%25", Ok("/%25"));
-    // Review finding: double encoding is refused, however it is spelled.
-    check_path("/%252e", Err(P::DoubleEncoded));
-    check_path("/%252E%252E", Err(P::DoubleEncoded));
-    check_path("/%25zz", Ok("/%25zz"));
-    check_path("/%25%32%65", Err(P::DoubleEncoded));
-    check_path("/...", Ok("/..."));
-    check_path("/.a/..b/b..", Ok("/.a/..b/b.."));
-    check_path("/.well-known/x", Ok("/.well-known/x"));
-    check_path("/a:b@c!$&'()*+,=", Ok("/a:b@c!$&'()*+,="));
-    // Review finding: `;` parameters are refused (servers disagree on them).
-    check_path("/a;jsessionid=1", Err(P::Parameters));
-    check_path("/;x", Err(P::Parameters));
-    check_path("/admin;x/users", Err(P::Parameters));
-    check_path("/a%3Bb", Ok("/a%3Bb"));
-    check_path("/a{b}|c^", Ok("/a%7Bb%7D%7Cc%5E")); // not allowed raw: encoded
-    check_path("/\"<>`[]", Ok("/%22%3C%3E%60%5B%5D"));
-    check_path("/%7B", Ok("/%7B"));
-    check_path("/repos/our-org/x", Ok("/repos/our-org/x"));
-}
-
-#[test]
-fn refused_paths() {
-    check_path("", Err(P::NotAbsolute));
-    check_path("a/b", Err(P::NotAbsolute));
-    check_path("*", Err(P::NotAbsolute));
-    check_path("%2F", Err(P::NotAbsolute));
-    check_path("/.", Err(P::DotSegment));
-    check_path("/..", Err(P::DotSegment));
-    check_path("/a/./b", Err(P::DotSegment));
-    check_path("/a/../b", Err(P::DotSegment));
-    check_path("/a/..", Err(P::DotSegment));
-    check_path("/a/../", Err(P::DotSegment));
-    check_path("/%2e", Err(P::DotSegment));
-    check_path("/%2E", Err(P::DotSegment));
-    check_path("/a/%2e%2e/b", Err(P::DotSegment));
-    check_path("/a/%2E%2E", Err(P::DotSegment));
-    check_path("/a/.%2E/b", Err(P::DotSegment));
-    check_path("/a/%2e./b", Err(P::DotSegment));
-    check_path("/a/..;/b", Err(P::Parameters)); // Tomcat strips `;…` and sees `..`
-    check_path("/a/.;x=1", Err(P::Parameters));
-    check_path("//", Err(P::EmptySegment));
-    check_path("//evil.example/x", Err(P::EmptySegment));
-    check_path("/a//b", Err(P::EmptySegment));
-    check_path("/a/b//", Err(P::EmptySegment));
-    check_path("/a/;x/b", Err(P::Parameters));
-    check_path("/a%2fb", Err(P::EncodedSlash));
-    check_path("/a%2Fb", Err(P::EncodedSlash));
-    check_path("/a/%2F/b", Err(P::EncodedSlash));
-    check_path("/a\\b", Err(P::Backslash));
-    check_path("/a/..\\b", Err(P::Backslash));
-    check_path("/a%5cb", Err(P::Backslash));
-    check_path("/a%5C..%5Cb", Err(P::Backslash));
-    check_path("/%", Err(P::MalformedEscape));
-    check_path("/%2", Err(P::MalformedEscape));
-    check_path("/a%", Err(P::MalformedEscape));
-    check_path("/%zz", Err(P::MalformedEscape));
-    check_path("/%g0", Err(P::MalformedEscape));
-    check_path("/%0g", Err(P::MalformedEscape));
-    check_path("/%%41", Err(P::MalformedEscape));
-    check_path("/%+1", Err(P::MalformedEscape));
-    check_path("/a\0b", Err(P::ControlByte));
-    check_path("/a\nb", Err(P::ControlByte));
-    check_path("/a\tb", Err(P::ControlByte));
-    check_path("/a\x7fb", Err(P::ControlByte));
-    check_path("/a%00b", Err(P::ControlByte));
-    check_path("/a%0d%0aSet-Cookie:x", Err(P::ControlByte));
-    check_path("/a%7F", Err(P::ControlByte));
-    check_path("/a b", Err(P::Whitespace));
-    check_path("/é", Err(P::NonAscii));
-    check_path("/caf\u{e9}/x", Err(P::NonAscii));
-    check_path("/\u{ff0e}\u{ff0e}", Err(P::NonAscii)); // fullwidth dots
-    check_path("/a?b=c", Err(P::QueryOrFragment));
-    check_path("/a#frag", Err(P::QueryOrFragment));
+fn paths_normalise_as_the_bypass_table_says() {
+    let table = proxyd_test_support::bypass::table();
+    assert!(table.paths.len() > 80, "only {} path rows", table.paths.len());
+    for row in &table.paths {
+        let got = match normalize_path(&row.raw) {
+            Ok(normal) => Ok(normal),
+            Err(error) => Err(format!("{error:?}")),
+        };
+        let want = match (&row.normal, &row.error) {
+            (Some(normal), None) => Ok(normal.clone()),
+            (None, Some(error)) => Err(error.clone()),
+            _ => panic!("path row {:?}: exactly one of `normal` and `error`", row.raw),
+        };
+        assert_eq!(got, want, "path {:?}", row.raw);
+    }
 }
 
 #[test]

@@ -58,30 +58,6 @@ fn idna_names_are_converted() {
 }
 
 #[test]
-fn numeric_spellings_of_loopback_are_rejected() {
-    check("127.1", Err(E::AmbiguousNumericHost));
-    check("127.0.1", Err(E::AmbiguousNumericHost));
-    check("2130706433", Err(E::AmbiguousNumericHost));
-    check("0x7f000001", Err(E::AmbiguousNumericHost));
-    check("0x7f.0.0.1", Err(E::AmbiguousNumericHost));
-    check("0x7F.1", Err(E::AmbiguousNumericHost));
-    check("0177.0.0.1", Err(E::AmbiguousNumericHost));
-    check("017700000001", Err(E::AmbiguousNumericHost));
-    check("127.000.000.001", Err(E::AmbiguousNumericHost));
-    check("127.0.0.01", Err(E::AmbiguousNumericHost));
-    check("0", Err(E::AmbiguousNumericHost));
-    check("0.0", Err(E::AmbiguousNumericHost));
-    check("1.2.3.4.5", Err(E::AmbiguousNumericHost));
-    check("256.0.0.1", Err(E::AmbiguousNumericHost));
-    check("example.0x10", Err(E::AmbiguousNumericHost));
-    check("foo.123", Err(E::AmbiguousNumericHost));
-    check("127.0.0.1.", Ok("127.0.0.1:80"));
-    // Fullwidth digits map to ASCII digits before the numeric check.
-    check("１２７.０.０.１", Ok("127.0.0.1:80"));
-    check("１２７.１", Err(E::AmbiguousNumericHost));
-}
-
-#[test]
 fn ip_literals_are_canonical() {
     check("127.0.0.1", Ok("127.0.0.1:80"));
     check("10.0.0.1:8080", Ok("10.0.0.1:8080"));
@@ -93,13 +69,10 @@ fn ip_literals_are_canonical() {
     check("[fe80::1%eth0]:80", Err(E::PercentEncoding));
     check_host("[fe80::1%25eth0]", Err(E::PercentEncoding));
     check("[::1", Err(E::InvalidIpv6));
-    check("[::1]x", Err(E::InvalidIpv6));
     check("[example.com]:80", Err(E::InvalidIpv6));
-    check("[127.0.0.1]:80", Err(E::InvalidIpv6));
     check("[::1]:80:80", Err(E::MultiplePorts));
     check("::1", Err(E::UnbracketedIpv6));
     check("::1:443", Err(E::UnbracketedIpv6));
-    check("2001:db8::1:443", Err(E::UnbracketedIpv6));
     check("fe80::1:80", Err(E::UnbracketedIpv6));
 }
 
@@ -117,33 +90,13 @@ fn bare_hosts() {
     check_host("fe80::1%eth0", Err(E::PercentEncoding));
 }
 
+/// The hostile spellings of SPEC §3 (numeric hosts, userinfo, percent-encoding, backslashes,
+/// whitespace, control bytes, globs) are rows of the bypass table (`tests/bypass.rs`); these are
+/// the characters a URL would read as a delimiter, so they exist only as bare authorities.
 #[test]
-fn forbidden_characters_are_rejected() {
-    check("exa%6dple.com", Err(E::PercentEncoding));
-    check("%31%32%37.0.0.1", Err(E::PercentEncoding));
-    check("user@example.com", Err(E::Userinfo));
-    check("user:pass@example.com:80", Err(E::Userinfo));
-    check("example.com@evil.com", Err(E::Userinfo));
-    check("evil.com\\@example.com", Err(E::Backslash));
-    check("example.com\\", Err(E::Backslash));
-    check("exa mple.com", Err(E::Whitespace));
-    check(" example.com", Err(E::Whitespace));
-    check("example.com\t", Err(E::Whitespace));
-    check("example.com\r\n", Err(E::Whitespace));
-    check("example.com\u{a0}", Err(E::Whitespace));
-    check("exa\0mple.com", Err(E::ControlByte));
-    check("exa\u{7f}mple.com", Err(E::ControlByte));
-    check("exa\u{1b}mple.com", Err(E::ControlByte));
-    check("*.example.com", Err(E::Glob));
-    check("ex?mple.com", Err(E::Glob));
-    check("ex{a,b}mple.com", Err(E::Glob));
-    check("exa]mple.com", Err(E::Glob));
+fn delimiters_are_not_name_characters() {
     check("exa/mple.com", Err(E::InvalidCharacter('/')));
-    check("exa!mple.com", Err(E::InvalidCharacter('!')));
-    check("exa+mple.com", Err(E::InvalidCharacter('+')));
     check("exa#mple.com", Err(E::InvalidCharacter('#')));
-    check("exa,mple.com", Err(E::InvalidCharacter(',')));
-    check("exa~mple.com", Err(E::InvalidCharacter('~')));
 }
 
 #[test]
