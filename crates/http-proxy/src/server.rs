@@ -151,7 +151,11 @@ pub(crate) async fn drive<S, Svc>(
         let connect = req.method() == Method::CONNECT;
         let call = service.call(req);
         let clock = counting.clone();
-        async move {
+        // Boxed: hyper keeps a slot of the service future's size for every connection from
+        // the moment it opens, and proxyd's request future is tens of KiB (admission, dial,
+        // TLS, forwarding). Boxed, a connection that has no request in flight (a keep-alive
+        // client between requests, a slow head) costs a pointer, not the whole state machine.
+        Box::pin(async move {
             let Ok(response) = call.await;
             exchange.answered();
             let status = response.status();
@@ -159,7 +163,7 @@ pub(crate) async fn drive<S, Svc>(
                 clock.upgraded();
             }
             Ok::<_, Infallible>(response.map(|body| Answer::new(body, exchange)))
-        }
+        })
     });
     let conn = builder.serve_connection(io, service).with_upgrades();
     run(shared, conn, clock, ended).await;
