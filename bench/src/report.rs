@@ -46,15 +46,13 @@ pub(super) enum Metric {
     BurstRssStart,
     BurstRssPeak,
     BurstRssAfter,
-    BurstAfterArena2,
-    BurstAfterJemalloc,
     LogBytesPerDecision,
     LogRateInfo,
     LogRateQuiet,
 }
 
 impl Metric {
-    const ALL: [Metric; 33] = [
+    const ALL: [Metric; 31] = [
         Metric::HttpRps,
         Metric::HttpP50,
         Metric::HttpP99,
@@ -83,8 +81,6 @@ impl Metric {
         Metric::BurstRssStart,
         Metric::BurstRssPeak,
         Metric::BurstRssAfter,
-        Metric::BurstAfterArena2,
-        Metric::BurstAfterJemalloc,
         Metric::LogBytesPerDecision,
         Metric::LogRateInfo,
         Metric::LogRateQuiet,
@@ -120,8 +116,6 @@ impl Metric {
             Metric::BurstRssStart => "burst_rss_start_mib",
             Metric::BurstRssPeak => "burst_rss_peak_mib",
             Metric::BurstRssAfter => "burst_rss_after_idle_mib",
-            Metric::BurstAfterArena2 => "burst_rss_after_idle_arena_max_2_mib",
-            Metric::BurstAfterJemalloc => "burst_rss_after_idle_jemalloc_mib",
             Metric::LogBytesPerDecision => "log_bytes_per_decision_info",
             Metric::LogRateInfo => "requests_per_s_log_info",
             Metric::LogRateQuiet => "requests_per_s_decision_lines_off",
@@ -159,8 +153,6 @@ impl Metric {
                 | Metric::BurstRssStart
                 | Metric::BurstRssPeak
                 | Metric::BurstRssAfter
-                | Metric::BurstAfterArena2
-                | Metric::BurstAfterJemalloc
                 | Metric::LogBytesPerDecision
                 | Metric::LogRateInfo
                 | Metric::LogRateQuiet
@@ -307,11 +299,7 @@ impl Report {
             Metric::SoakFdsEnd => "soak: descriptors after".to_owned(),
             Metric::BurstRssStart => "slowloris burst: RSS at start, MiB".to_owned(),
             Metric::BurstRssPeak => "slowloris burst: RSS at the peak, MiB".to_owned(),
-            Metric::BurstRssAfter => {
-                "slowloris burst: RSS 10 s after, MiB (glibc malloc)".to_owned()
-            }
-            Metric::BurstAfterArena2 => "same, glibc with arena_max=2".to_owned(),
-            Metric::BurstAfterJemalloc => "same, jemalloc (LD_PRELOAD)".to_owned(),
+            Metric::BurstRssAfter => "slowloris burst: RSS 10 s after, MiB".to_owned(),
             Metric::LogBytesPerDecision => {
                 "log bytes per allowed request (default level, INFO)".to_owned()
             }
@@ -431,7 +419,7 @@ impl Report {
                 "≤ before (no descriptor kept per request)".to_owned(),
                 proxyd.zip(m(System::Proxyd, Metric::SoakFdsStart)).map(|(e, s)| e <= s),
             ),
-            Metric::BurstRssAfter | Metric::BurstAfterArena2 | Metric::BurstAfterJemalloc => goal(
+            Metric::BurstRssAfter => goal(
                 "≤ 2× RSS at rest".to_owned(),
                 proxyd.zip(m(System::Proxyd, Metric::RssRest)).map(|(a, r)| a <= 2.0 * r),
             ),

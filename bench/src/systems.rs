@@ -568,16 +568,6 @@ fn tree(pid: u32) -> Vec<u32> {
 
 /// Resident memory of `pid` and all its descendants: the sum of `VmRSS` (which counts a page
 /// shared by forked processes once per process) and of `Pss` (which splits it), in KiB.
-/// A shared library by file name, from the dynamic linker's cache (`ldconfig -p`).
-pub(super) fn find_library(name: &str) -> Option<PathBuf> {
-    let ldconfig = find_binary("ldconfig")?;
-    let out = Command::new(ldconfig).arg("-p").stderr(Stdio::null()).output().ok()?;
-    String::from_utf8_lossy(&out.stdout).lines().find_map(|line| {
-        let (lib, path) = line.trim().split_once(" => ")?;
-        (lib.split_whitespace().next()? == name).then(|| PathBuf::from(path.trim()))
-    })
-}
-
 /// Open descriptors of `pid` (its `/proc/PID/fd` entries).
 pub(super) fn descriptors(pid: u32) -> u64 {
     fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |dir| dir.count() as u64)
