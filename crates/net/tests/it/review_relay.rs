@@ -5,23 +5,9 @@ use std::sync::Arc;
 use proxyd_net::{Relay, RelayEnd, RelayPath, Side};
 use rustix::net::{SendFlags, send};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-use crate::support::{BOUND, V4, bounded, connect, listener};
-
-const PATHS: &[RelayPath] = &[
-    #[cfg(target_os = "linux")]
-    RelayPath::ZeroCopy,
-    RelayPath::Copy,
-];
-
-async fn pair() -> anyhow::Result<(TcpStream, TcpStream)> {
-    let listener = listener(V4).await?;
-    let (client, accepted) =
-        bounded(async { tokio::try_join!(connect(listener.local_addr()?), listener.accept()) })
-            .await??;
-    Ok((client, accepted.0))
-}
+use crate::splice::{PATHS, pair};
+use crate::support::{BOUND, bounded};
 
 /// A client that sends a byte of TCP urgent data (`MSG_OOB`, telnet's and FTP's interrupt)
 /// in the middle of its stream: every ordinary byte before and after it must still reach the

@@ -15,14 +15,14 @@ use tokio::task::JoinHandle;
 use crate::support::{BOUND, V4, bounded, connect, listener};
 
 /// The paths under test on this system.
-const PATHS: &[RelayPath] = &[
+pub(crate) const PATHS: &[RelayPath] = &[
     #[cfg(target_os = "linux")]
     RelayPath::ZeroCopy,
     RelayPath::Copy,
 ];
 
 /// Two connected sockets on loopback.
-async fn pair() -> anyhow::Result<(TcpStream, TcpStream)> {
+pub(crate) async fn pair() -> anyhow::Result<(TcpStream, TcpStream)> {
     let listener = listener(V4).await?;
     let (client, accepted) =
         bounded(async { tokio::try_join!(connect(listener.local_addr()?), listener.accept()) })
