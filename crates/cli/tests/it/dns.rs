@@ -7,25 +7,12 @@ use std::sync::Arc;
 use anyhow::{Context as _, ensure};
 use proxyd::{NetworkProxy, Sources};
 use proxyd_test_support::{DnsServer, temp_dir};
-use tokio::process::Command;
 
 use crate::admin_support::{start_lib, write};
-use crate::support::network;
+use crate::support::{dig_status, network};
 
 async fn status(dns: std::net::SocketAddr, name: &str) -> anyhow::Result<String> {
-    let output = Command::new("dig")
-        .arg(format!("@{}", dns.ip()))
-        .args(["-p", &dns.port().to_string(), "+tries=1", "+time=5", name, "A"])
-        .output()
-        .await
-        .context("run dig")?;
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    Ok(text
-        .lines()
-        .find_map(|l| l.split("status: ").nth(1))
-        .and_then(|s| s.split(',').next())
-        .unwrap_or("none")
-        .to_owned())
+    dig_status(dns, name, &["+tries=1", "+time=5"]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

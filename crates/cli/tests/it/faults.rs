@@ -152,20 +152,3 @@ pub(crate) fn all_listeners(extra: &str) -> String {
          {extra}\n"
     )
 }
-
-/// `dig +tcp` against the DNS service: the answer's status (`NOERROR`, `REFUSED`, `none`).
-pub(crate) async fn dig_tcp(dns: SocketAddr, name: &str) -> anyhow::Result<String> {
-    let output = tokio::process::Command::new("dig")
-        .arg(format!("@{}", dns.ip()))
-        .args(["-p", &dns.port().to_string(), "+tcp", "+tries=1", "+time=8", name, "A"])
-        .kill_on_drop(true)
-        .output();
-    let output = timeout(BOUND, output).await.context("dig did not exit")?.context("run dig")?;
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    Ok(text
-        .lines()
-        .find_map(|l| l.split("status: ").nth(1))
-        .and_then(|s| s.split(',').next())
-        .unwrap_or("none")
-        .to_owned())
-}

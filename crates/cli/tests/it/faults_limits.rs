@@ -8,8 +8,8 @@ use anyhow::{Context as _, ensure};
 use proxyd_test_support::{EchoTcp, HttpOrigin};
 
 use crate::admin_support::{get, logged_addr, open_tunnel};
-use crate::faults::{Dribblers, all_listeners, dig_tcp, raise_nofile};
-use crate::support::{Proxyd, curl};
+use crate::faults::{Dribblers, all_listeners, raise_nofile};
+use crate::support::{Proxyd, curl, dig_status};
 
 /// Slow clients per listener.
 const SLOW: usize = 300;
@@ -52,7 +52,7 @@ async fn slowloris_on_every_listener_while_normal_clients_are_served() -> anyhow
     let response = curl(http, &["--socks5-hostname", &socks.to_string(), &url]).await?;
     ensure!(response.code == 200, "socks5: {response:?}");
     get(admin, "/health").await?.expect(200)?;
-    let status = dig_tcp(dns, "refused.test").await?;
+    let status = dig_status(dns, "refused.test", &["+tcp", "+tries=1", "+time=8"]).await?;
     ensure!(status == "REFUSED", "dns over tcp answered {status}");
     // The admin listener may close slow heads (its head wait is short); the proxies keep
     // theirs until header_read_timeout.

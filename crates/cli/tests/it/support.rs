@@ -406,3 +406,27 @@ pub(crate) fn assert_blocked(
     ensure!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "no message in {body}");
     Ok(body)
 }
+
+/// `dig @dns NAME A` with `flags` (e.g. `+tcp`, `+tries=1`, `+time=5`): the answer's status
+/// (`NOERROR`, `REFUSED`, …, or `none` when dig printed no answer).
+pub(crate) async fn dig_status(
+    dns: SocketAddr,
+    name: &str,
+    flags: &[&str],
+) -> anyhow::Result<String> {
+    let output = Command::new("dig")
+        .arg(format!("@{}", dns.ip()))
+        .args(["-p", &dns.port().to_string()])
+        .args(flags)
+        .args([name, "A"])
+        .kill_on_drop(true)
+        .output();
+    let output = timeout(BOUND, output).await.context("dig did not exit")?.context("run dig")?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    Ok(text
+        .lines()
+        .find_map(|l| l.split("status: ").nth(1))
+        .and_then(|s| s.split(',').next())
+        .unwrap_or("none")
+        .to_owned())
+}
