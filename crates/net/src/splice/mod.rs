@@ -31,7 +31,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep, sleep_until};
 
-/// Size of the relay buffers the copy path borrows, and the most one `splice(2)` call moves.
+/// Size of the relay buffers the copy path borrows (and of a pipe the kernel would not
+/// enlarge).
 pub const SPLICE_BUFFER_SIZE: usize = 64 * 1024;
 
 /// How many idle pipes (two descriptors each) and copy buffers the relay keeps for reuse.
