@@ -530,6 +530,8 @@ impl Bench<'_> {
         std::thread::sleep(Duration::from_secs(1));
         let (rest, _) = systems::memory_kib(run.pid());
         self.report.record(system, Metric::RssRest, rest as f64 / 1024.0);
+        let anonymous = systems::anonymous_kib(run.pid());
+        self.report.record(system, Metric::RssRestAnon, anonymous as f64 / 1024.0);
         for batch in 1..=2 {
             let idle = self.rt.block_on(load::idle_tunnels(via, self.origin.http, self.tunnels));
             std::thread::sleep(Duration::from_secs(1));

@@ -32,6 +32,7 @@ pub(super) enum Metric {
     SocksTput1,
     SocksTput8,
     RssRest,
+    RssRestAnon,
     RssIdle,
     RssPerTunnelFirst,
     RssPerTunnel,
@@ -52,7 +53,7 @@ pub(super) enum Metric {
 }
 
 impl Metric {
-    const ALL: [Metric; 31] = [
+    const ALL: [Metric; 32] = [
         Metric::HttpRps,
         Metric::HttpP50,
         Metric::HttpP99,
@@ -67,6 +68,7 @@ impl Metric {
         Metric::SocksTput1,
         Metric::SocksTput8,
         Metric::RssRest,
+        Metric::RssRestAnon,
         Metric::RssIdle,
         Metric::RssPerTunnelFirst,
         Metric::RssPerTunnel,
@@ -102,6 +104,7 @@ impl Metric {
             Metric::SocksTput1 => "socks5_mib_per_s_1stream",
             Metric::SocksTput8 => "socks5_mib_per_s_8streams",
             Metric::RssRest => "rss_at_rest_mib",
+            Metric::RssRestAnon => "rss_at_rest_anonymous_mib",
             Metric::RssIdle => "rss_idle_tunnels_mib",
             Metric::RssPerTunnelFirst => "rss_per_idle_tunnel_first_batch_kib",
             Metric::RssPerTunnel => "rss_per_idle_tunnel_kib",
@@ -286,6 +289,9 @@ impl Report {
             Metric::SocksTput1 => format!("SOCKS5 MiB/s, {size} {dir}, 1 stream"),
             Metric::SocksTput8 => format!("SOCKS5 MiB/s, {size} {dir}, {} streams", s.streams),
             Metric::RssRest => "RSS at rest, MiB (fresh process)".to_owned(),
+            Metric::RssRestAnon => {
+                "of it anonymous (RssAnon: heap and stacks, no file pages), MiB".to_owned()
+            }
             Metric::RssIdle => format!("RSS with {} idle tunnels, MiB (2nd batch)", s.tunnels),
             Metric::RssPerTunnelFirst => "RSS per idle tunnel, KiB (1st batch)".to_owned(),
             Metric::RssPerTunnel => "RSS per idle tunnel, KiB (2nd batch)".to_owned(),

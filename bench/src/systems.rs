@@ -566,26 +566,34 @@ fn tree(pid: u32) -> Vec<u32> {
     tree
 }
 
-/// Resident memory of `pid` and all its descendants: the sum of `VmRSS` (which counts a page
-/// shared by forked processes once per process) and of `Pss` (which splits it), in KiB.
 /// Open descriptors of `pid` (its `/proc/PID/fd` entries).
 pub(super) fn descriptors(pid: u32) -> u64 {
     fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |dir| dir.count() as u64)
 }
 
+/// Resident memory of `pid` and all its descendants: the sum of `VmRSS` (which counts a page
+/// shared by forked processes once per process) and of `Pss` (which splits it), in KiB.
 pub(super) fn memory_kib(pid: u32) -> (u64, u64) {
-    let field = |path: String, name: &str| -> u64 {
-        fs::read_to_string(path)
-            .unwrap_or_default()
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
-    };
     tree(pid).iter().fold((0, 0), |(rss, pss), pid| {
         (
-            rss + field(format!("/proc/{pid}/status"), "VmRSS:"),
-            pss + field(format!("/proc/{pid}/smaps_rollup"), "Pss:"),
+            rss + kib_field(format!("/proc/{pid}/status"), "VmRSS:"),
+            pss + kib_field(format!("/proc/{pid}/smaps_rollup"), "Pss:"),
         )
     })
+}
+
+/// The anonymous part of [`memory_kib`]'s RSS (`RssAnon`: heap, stacks, dirty data; no pages
+/// of the program's files, which the page cache holds and shares), in KiB.
+pub(super) fn anonymous_kib(pid: u32) -> u64 {
+    tree(pid).iter().map(|pid| kib_field(format!("/proc/{pid}/status"), "RssAnon:")).sum()
+}
+
+/// A `name: N kB` line's N from a `/proc` file; 0 when it is not there.
+fn kib_field(path: String, name: &str) -> u64 {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix(name))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }

@@ -224,7 +224,9 @@ fn init_tracing(format: LogFormat, default_level: &str) {
         .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        // The span list names every span a line happened in (the connection's `conn` with its
+        // id and peer, a `mitm` inside it); the current span alone would repeat its last entry.
+        LogFormat::Json => builder.json().with_current_span(false).init(),
     }
 }
 

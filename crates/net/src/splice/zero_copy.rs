@@ -55,7 +55,7 @@ enum Moved {
     /// Bytes spliced into the pipe.
     Piped(usize),
     /// Bytes read into user space past a TCP urgent mark, which `splice(2)` does not cross.
-    Read(usize),
+    Read(Vec<u8>),
     /// EOF.
     Eof,
 }
@@ -172,26 +172,29 @@ impl<'r> Flow<'r> {
                 },
             };
             let src = &*src;
-            let mut stepped = [0u8; URGENT_STEP];
             let moved = src.try_io(Interest::READABLE, || {
                 match splice(src.as_fd(), None, &pipe.write, None, pipe.capacity, FLAGS) {
                     Ok(n) if n > 0 => Ok(Moved::Piped(n)),
                     // `splice(2)` from a TCP socket stops at urgent data (`MSG_OOB`): `EAGAIN`
                     // while the socket is readable, `0` once the FIN is in. `read(2)` steps
                     // over the mark, so it tells EOF from a mark and reads what follows it.
-                    Ok(_) | Err(Errno::AGAIN) => match read(src.as_fd(), &mut stepped)? {
-                        0 => Ok(Moved::Eof),
-                        n => Ok(Moved::Read(n)),
-                    },
+                    // The step buffer is zeroed only here, not on every read.
+                    Ok(_) | Err(Errno::AGAIN) => {
+                        let mut stepped = [0u8; URGENT_STEP];
+                        match read(src.as_fd(), &mut stepped)? {
+                            0 => Ok(Moved::Eof),
+                            n => Ok(Moved::Read(stepped[..n].to_vec())),
+                        }
+                    }
                     Err(error) => Err(error.into()),
                 }
             });
             self.pipe = Some(pipe);
             match moved {
                 Ok(Moved::Eof) => self.read_eof = true,
-                Ok(Moved::Read(n)) => {
+                Ok(Moved::Read(stepped)) => {
                     self.give_back();
-                    self.pending = stepped[..n].to_vec();
+                    self.pending = stepped;
                     *progressed = true;
                 }
                 Ok(Moved::Piped(n)) => {
