@@ -53,11 +53,11 @@ impl HttpProxy {
             tokio_rustls::TlsConnector::from(Arc::new(config))
         };
         let (tls, tls_http1) = (alpn(&[b"h2", b"http/1.1"]), alpn(&[b"http/1.1"]));
-        let max_idle = settings.max_connections;
+        let (max_idle, idle_timeout) = (settings.max_connections, settings.idle_timeout);
         let shared = Shared {
             engine,
             settings,
-            pool: Pool::new(max_idle),
+            pool: Pool::new(max_idle, idle_timeout),
             tls,
             tls_http1,
             connections: Connections::new(),
@@ -84,20 +84,33 @@ impl HttpProxy {
     }
 
     /// Serves until the lifecycle stops; in-flight requests, tunnels and upgraded connections
-    /// are then drained and closed by the lifecycle's one shutdown (SPEC §7.5).
+    /// are then drained and closed by the lifecycle's one shutdown (SPEC §7.5). Meanwhile the
+    /// upstream pool is reaped: connections unused for `idle_timeout` are closed.
     pub async fn serve(&self, listener: TcpListener) {
         let shared = self.shared.clone();
         let handler = move |stream: TcpStream, peer: SocketAddr| {
             serve_connection(shared.clone(), stream, peer)
         };
-        accept_loop(
+        let accepting = accept_loop(
             listener,
             self.shared.settings.max_connections,
             self.shared.engine.lifecycle(),
             self.shared.connections.clone(),
             handler,
-        )
-        .await;
+        );
+        let pool = &self.shared.pool;
+        let reaping = async {
+            let mut every = tokio::time::interval(pool.reap_period());
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                pool.reap();
+            }
+        };
+        tokio::select! {
+            () = accepting => {}
+            () = reaping => {}
+        }
     }
 }
 

@@ -1,5 +1,7 @@
 //! Absolute-form `http://` forwarding (SPEC §7.2).
 
+use std::time::Duration;
+
 use proxyd_net::Outcome;
 use proxyd_policy::{Protocol, Reason};
 use proxyd_test_support::{Canary, HttpOrigin};
@@ -152,6 +154,31 @@ async fn every_request_on_a_keep_alive_connection_is_decided_afresh() -> anyhow:
     Ok(())
 }
 
+/// SPEC §2.2: `idle_timeout` is the clock of every keep-alive connection, pooled upstream
+/// ones included. An origin that never closes an idle connection must not keep its
+/// descriptor in proxyd forever: the pool closes it once it has been unused that long.
+#[tokio::test]
+async fn pooled_upstream_connections_are_closed_after_the_idle_timeout() -> anyhow::Result<()> {
+    let origin = HttpOrigin::start().await?;
+    let relay = CountingRelay::start(origin.addr()).await?;
+    let proxy = proxy().idle_timeout(Duration::from_millis(400)).start().await?;
+    let url = format!("http://allowed.test:{}/pooled", relay.addr.port());
+    assert_eq!(proxy.send(get(&url)).await?.status(), 200);
+    assert_eq!(relay.accepted(), 1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while relay.open() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the pooled connection was still open 5 s after a 400 ms idle timeout"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The next request opens a new connection: nothing stale was handed out.
+    assert_eq!(proxy.send(get(&url)).await?.status(), 200);
+    assert_eq!(relay.accepted(), 2);
+    Ok(())
+}
+
 /// SPEC §7.2: upstream connections are pooled per (host, port, checked address). A relay in
 /// front of the origin counts the TCP connections proxyd opens.
 #[tokio::test]
@@ -247,8 +274,13 @@ async fn expect_continue_upload_is_forwarded() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn ipv6_literal_target_gets_a_bracketed_host() -> anyhow::Result<()> {
-    let origin = HttpOrigin::start_on("::1".parse()?).await?;
     let proxy = proxy().allow(&["::1"]).start().await?;
+    // Linux may give [::1] the port of the proxy's 127.0.0.1 listener, and every loopback
+    // address on a listener's port is the proxy itself (`self_connection`): pick another.
+    let mut origin = HttpOrigin::start_on("::1".parse()?).await?;
+    while origin.addr().port() == proxy.addr.port() {
+        origin = HttpOrigin::start_on("::1".parse()?).await?;
+    }
     let port = origin.addr().port();
     let response = proxy.send(get(&format!("http://[::1]:{port}/six"))).await?;
     assert_eq!(response.status(), 200, "{response:?}");

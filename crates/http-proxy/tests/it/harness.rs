@@ -543,11 +543,13 @@ pub(crate) fn assert_blocked(
     assert_eq!(json, body, "{response:?}");
 }
 
-/// A TCP relay in front of an upstream server that counts the connections it accepts, to see
-/// whether proxyd reuses its upstream connections. Stops when dropped.
+/// A TCP relay in front of an upstream server that counts the connections it accepts, and
+/// those still open, to see whether proxyd reuses its upstream connections and when it closes
+/// them. Stops when dropped.
 pub(crate) struct CountingRelay {
     pub(crate) addr: SocketAddr,
     accepted: Arc<AtomicUsize>,
+    open: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -556,23 +558,32 @@ impl CountingRelay {
         let listener = TcpListener::bind((LOOPBACK, 0)).await.context("bind relay")?;
         let addr = listener.local_addr().context("relay address")?;
         let accepted = Arc::new(AtomicUsize::new(0));
-        let counter = accepted.clone();
+        let open = Arc::new(AtomicUsize::new(0));
+        let (counter, opened) = (accepted.clone(), open.clone());
         let task = tokio::spawn(async move {
             let mut conns = JoinSet::new();
             while let Ok((mut inbound, _)) = listener.accept().await {
                 counter.fetch_add(1, Ordering::SeqCst);
+                opened.fetch_add(1, Ordering::SeqCst);
+                let opened = opened.clone();
                 conns.spawn(async move {
                     if let Ok(mut outbound) = connect(to).await {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                     }
+                    opened.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
-        Ok(CountingRelay { addr, accepted, task })
+        Ok(CountingRelay { addr, accepted, open, task })
     }
 
     pub(crate) fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Connections proxyd opened that neither side has closed yet.
+    pub(crate) fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
     }
 }
 
